@@ -247,7 +247,7 @@ def test_training_flag_read_at_call_time():
     assert all(m.training for m in model.modules())
 
 
-def test_set_model_training_mode_runs_model_in_train_mode():
+def test_training_mode_setting_applies():
     torch.manual_seed(0)
     model = ClipMoE().eval()
     seen = []

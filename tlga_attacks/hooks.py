@@ -21,8 +21,8 @@ Discovery, in order:
 3. Well-known layouts: routers named ``gating`` or ``gate_network``; DeepSpeed-style gates whose
    ``wg`` linear layer produces the logits; experts held in ``experts.deepspeed_experts``.
 
-A router may return a tensor or a tuple such as ``(logits, aux_loss)``; the logits are the
-first floating-point tensor whose last dimension is the number of experts.
+A router may return a tensor or a tuple such as ``(logits, aux_loss)``. From a tuple, the
+logits are the first floating-point tensor whose last dimension is the number of experts.
 """
 
 import logging
@@ -75,7 +75,7 @@ class MoELayerSpec:
 
 @dataclass
 class ExpertOutput:
-    """What one expert returned during the recorded forward pass.
+    """Output of one expert during the recorded forward pass.
 
     Attributes:
         expert: index of the expert in its layer.
@@ -93,7 +93,7 @@ class ExpertOutput:
 
 @dataclass
 class MoELayerRecord:
-    """What one MoE layer computed during the recorded forward pass.
+    """Router logits, routing and expert outputs of one MoE layer in the recorded pass.
 
     Attributes:
         name: module path of the router.
@@ -302,7 +302,8 @@ class MoEInspector:
         routers (list of str, optional): module paths of the routers. (Default: None, search)
         experts (list, optional): per router, the path of its experts container or a list of
             expert paths. (Default: None, search; with ``routers`` given, no expert outputs)
-        top_k (int, optional): experts selected per routing unit, for layers that do not say.
+        top_k (int, optional): experts selected per routing unit, for layers without a
+            ``top_k``-like attribute.
             (Default: None: the layer's ``top_k``-like attribute, else inferred from the expert
             calls, else 1)
         record_experts (bool): record expert outputs. (Default: True)

@@ -8,7 +8,15 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["project", "random_start", "sign_step", "temporal_step", "temporal_step_size"]
+__all__ = [
+    "clip_to_bounds",
+    "eps_ball_bounds",
+    "project",
+    "random_start",
+    "sign_step",
+    "temporal_step",
+    "temporal_step_size",
+]
 
 MIN_MEAN_VELOCITY = 1e-12
 
@@ -71,7 +79,7 @@ def temporal_step(
     Returns the next iterate (before projection) and the updated velocity.
     """
     step, velocity = temporal_step_size(grad, velocity, eps, alpha, beta, time_dim)
-    return x_adv + step * grad.sign(), velocity
+    return torch.addcmul(x_adv, step, grad.sign()), velocity
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -80,16 +88,31 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     The bound holds exactly in the tensor's floating-point arithmetic: ``(result - x).abs()``
     never exceeds ``eps``, not even by one rounding error of ``x + eps``.
     """
+    lower, upper = eps_ball_bounds(x, eps)
+    return clip_to_bounds(x_adv, lower, upper)
+
+
+def eps_ball_bounds(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise bounds of the eps-ball around ``x`` intersected with [0, 1].
+
+    Computed once per batch, so that each step projects with one clamp. Where ``x + eps``
+    rounds to a value farther than eps from x, the bound moves one ulp toward x.
+    """
     bound = _representable_eps(eps, x)
     upper = x + bound
     lower = x - bound
-    upper = torch.where(upper - x > bound, torch.nextafter(upper, x), upper)
-    lower = torch.where(x - lower > bound, torch.nextafter(lower, x), lower)
-    return torch.clamp(torch.minimum(torch.maximum(x_adv, lower), upper), min=0.0, max=1.0)
+    upper = torch.where(upper - x > bound, torch.nextafter(upper, x), upper).clamp_(max=1.0)
+    lower = torch.where(x - lower > bound, torch.nextafter(lower, x), lower).clamp_(min=0.0)
+    return lower, upper
+
+
+def clip_to_bounds(x_adv: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Clamp elementwise to the bounds from ``eps_ball_bounds``."""
+    return torch.clamp(x_adv, min=lower, max=upper)
 
 
 def _representable_eps(eps: float, like: torch.Tensor) -> torch.Tensor:
-    """The largest value of ``like``'s dtype that is at most ``eps``."""
+    """Return the largest value of ``like``'s dtype that is at most ``eps``."""
     bound = torch.tensor(eps, dtype=like.dtype)
     if bound.item() > eps:
         bound = torch.nextafter(bound, torch.zeros_like(bound))

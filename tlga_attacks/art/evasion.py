@@ -1,0 +1,995 @@
+"""The attack family as ART evasion attacks on a ``PyTorchClassifier``.
+
+Each class here runs the torchattacks attack of the same name from ``tlga_attacks.attacks``,
+so both toolkits share one attack loop. The attack runs on ``AttackInputModel``, a small
+``nn.Module`` that puts the estimator's input mapping in front of ``estimator.model``, every
+step differentiable:
+
+1. the axis order: the attack works on (N, C, T, H, W) or (N, T, C, H, W) batches;
+2. the range: the attack works in [0, 1], mapped linearly onto ``clip_values``;
+3. the estimator's predict-time preprocessing: mean/std standardisation (a per-channel mean
+   broadcasts over the channel axis of the 5-D batch) and PyTorch preprocessing defences.
+
+Units follow ART: ``eps`` is in the units of ``x``. With ``clip_values=(min, max)`` the attack
+runs on ``(x - min) / (max - min)`` with ``eps / (max - min)``, maps the result back and
+projects it once more onto the eps-ball and ``clip_values`` in float32, so that
+``|x_adv - x| <= eps`` and ``min <= x_adv <= max`` hold exactly.
+
+Supported video layouts, chosen with the estimator's ``channels_first`` and ``time_dim``:
+
+===============  ==========  ======================================
+channels_first   time_dim    one sample (``estimator.input_shape``)
+===============  ==========  ======================================
+True             2 (None)    (C, T, H, W)
+True             1           (T, C, H, W)
+False            1 (None)    (T, H, W, C), as ART's video defences
+===============  ==========  ======================================
+"""
+
+import inspect
+import logging
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from art.attacks.attack import EvasionAttack
+from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+from art.estimators.classification import PyTorchClassifier
+from art.exceptions import EstimatorError
+from art.preprocessing.standardisation_mean_std import (
+    StandardisationMeanStd,
+    StandardisationMeanStdPyTorch,
+)
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import attacks as torch_attacks
+from ..attacks.base import MoEAttack
+from ..hooks import MoEInspector
+from ..validation import RANGE_TOLERANCE, check_attack_params
+
+__all__ = [
+    "JTLA",
+    "JTLGA",
+    "PGDR",
+    "TLAE",
+    "TLAM",
+    "TLAR",
+    "TLGAR",
+    "AttackInputModel",
+    "EstimatorPreprocessing",
+    "MoEEvasionAttack",
+    "VideoLayout",
+    "check_estimator",
+    "clip_bounds",
+    "index_labels",
+    "project_linf",
+    "video_layout",
+]
+
+logger = logging.getLogger(__name__)
+
+# Prefix of the user's module paths (routers=, experts=) inside AttackInputModel.
+MODEL_PATH_PREFIX = "model."
+
+
+# -- estimator checks --------------------------------------------------------------------------
+
+
+def check_estimator(estimator, caller) -> None:
+    """Raise ART's ``EstimatorError`` unless ``estimator`` is a ``PyTorchClassifier``.
+
+    ``caller`` is the class or function that needs the estimator. The message names it and
+    explains why a PyTorch classifier is needed.
+    """
+    if isinstance(estimator, PyTorchClassifier):
+        return
+
+    error = EstimatorError(caller, [PyTorchClassifier], estimator)
+    error.message = (
+        f"{caller.__name__} needs an art.estimators.classification.PyTorchClassifier, because it "
+        f"differentiates through the torch module in estimator.model; got "
+        f"{type(estimator).__name__}. Wrap the PyTorch video model in a PyTorchClassifier."
+    )
+    raise error
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """Axis order of the video batches that an ART estimator takes.
+
+    Attributes:
+        name: ``"NCTHW"``, ``"NTCHW"`` or ``"NTHWC"``.
+        channel_axis: axis of the channels in a batch of that layout.
+        attack_time_dim: ``time_dim`` of the batches passed to the torchattacks attack.
+            Channels-last batches are moved to (N, C, T, H, W) for the attack.
+    """
+
+    name: str
+    channel_axis: int
+    attack_time_dim: int
+
+    def to_attack(self, videos: torch.Tensor) -> torch.Tensor:
+        """Move a batch from this layout to the attack's axis order."""
+        if self.name == "NTHWC":
+            return videos.permute(0, 4, 1, 2, 3).contiguous()
+        return videos
+
+    def from_attack(self, videos: torch.Tensor) -> torch.Tensor:
+        """Move a batch from the attack's axis order back to this layout."""
+        if self.name == "NTHWC":
+            return videos.permute(0, 2, 3, 4, 1).contiguous()
+        return videos
+
+
+NCTHW = VideoLayout("NCTHW", channel_axis=1, attack_time_dim=2)
+NTCHW = VideoLayout("NTCHW", channel_axis=2, attack_time_dim=1)
+NTHWC = VideoLayout("NTHWC", channel_axis=4, attack_time_dim=2)
+
+
+def video_layout(estimator, time_dim: Optional[int] = None) -> VideoLayout:
+    """Return the layout of the estimator's videos from ``channels_first`` and ``time_dim``.
+
+    Also checks that ``estimator.input_shape`` describes one video, (C, T, H, W) or another
+    order of 4 axes.
+
+    Raises:
+        ValueError: for an unsupported ``time_dim`` or an input_shape of another rank.
+    """
+    if time_dim is not None and (isinstance(time_dim, bool) or time_dim not in (1, 2)):
+        raise ValueError(
+            f"time_dim={time_dim!r} is invalid: pass None (from channels_first), 2 for "
+            "(N, C, T, H, W) input or 1 for (N, T, C, H, W) or (N, T, H, W, C) input"
+        )
+
+    input_shape = tuple(estimator.input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"estimator.input_shape={input_shape} is not the shape of one video: create the "
+            "PyTorchClassifier with input_shape=(C, T, H, W) (or (T, C, H, W), (T, H, W, C))"
+        )
+
+    if estimator.channels_first:
+        return NTCHW if time_dim == 1 else NCTHW
+    if time_dim == 2:
+        raise ValueError(
+            "time_dim=2 is invalid for an estimator with channels_first=False: channels-last "
+            "videos must have shape (N, T, H, W, C), which is time_dim=1 (the default). For "
+            "(N, C, T, H, W) input create the PyTorchClassifier with channels_first=True"
+        )
+    return NTHWC
+
+
+def clip_bounds(estimator, required: bool = True) -> Optional[Tuple[float, float]]:
+    """Return ``estimator.clip_values`` as two floats ``(min, max)``.
+
+    Per-feature bounds are accepted only when all features share the same bounds.
+
+    Raises:
+        ValueError: when clip_values is None (and ``required``), per-feature or empty.
+    """
+    clip_values = estimator.clip_values
+    if clip_values is None:
+        if not required:
+            return None
+        raise ValueError(
+            "estimator.clip_values is None, but the attacks keep videos within bounds: create "
+            "the PyTorchClassifier with clip_values=(0.0, 1.0) or the range of your data"
+        )
+
+    low = np.asarray(clip_values[0], dtype=np.float64)
+    high = np.asarray(clip_values[1], dtype=np.float64)
+    if low.size > 1 and low.min() != low.max() or high.size > 1 and high.min() != high.max():
+        raise ValueError(
+            "estimator.clip_values contains per-feature bounds, which the video attacks do not "
+            "support; pass one (min, max) pair for all features"
+        )
+
+    low, high = float(low.flat[0]), float(high.flat[0])
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(
+            f"estimator.clip_values=({low}, {high}) is invalid: pass finite bounds with min < max"
+        )
+    return low, high
+
+
+# -- preprocessing -----------------------------------------------------------------------------
+
+
+class _Standardise:
+    """``(x - mean) / std`` with float32 constants, as ART's ``StandardisationMeanStdPyTorch``."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.std = torch.as_tensor(std, dtype=torch.float32)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class _TorchDefence:
+    """An ART ``PreprocessorPyTorch`` applied with gradients, as ART's ``loss_gradient`` does."""
+
+    def __init__(self, defence: PreprocessorPyTorch):
+        self.defence = defence
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.defence.forward(x)[0]
+
+
+def _art_mean_axis(length: int, batch_shape: Tuple[int, ...]) -> int:
+    # ART 1.20.1 (art/preprocessing/standardisation_mean_std/utils.py) puts a vector mean on
+    # the last axis when the lengths match, else on axis 1 when that one matches, else axis 0.
+    if length == batch_shape[-1]:
+        return len(batch_shape) - 1
+    return 1 if batch_shape[1] == length else 0
+
+
+def broadcast_mean_std(
+    mean, std, input_shape: Tuple[int, ...], layout: VideoLayout
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Shape mean and std so that they broadcast against a (N, *input_shape) batch.
+
+    A vector of one value per channel goes on the channel axis of the layout. Since ART's own
+    ``predict`` places a vector by its length, a vector that ART would place on another axis
+    is rejected, so that the attacked function always equals ``estimator.predict``.
+
+    Raises:
+        ValueError: for shapes that do not broadcast, an ambiguous per-channel vector or a
+            std that is not positive.
+    """
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    batch_shape = (1,) + tuple(input_shape)
+    if mean.shape != std.shape:
+        raise ValueError(
+            f"preprocessing mean has shape {mean.shape} and std has shape {std.shape}; pass "
+            "two arrays of the same shape"
+        )
+    if not np.all(std > 0):
+        raise ValueError(f"preprocessing std must be positive, got {std.tolist()}")
+
+    if mean.ndim == 1 and mean.size > 1:
+        channels = batch_shape[layout.channel_axis]
+        art_axis = _art_mean_axis(mean.size, batch_shape)
+        if mean.size != channels or art_axis != layout.channel_axis:
+            explicit = [1] * (len(batch_shape) - layout.channel_axis)
+            explicit[0] = mean.size
+            raise ValueError(
+                f"preprocessing mean of shape {mean.shape} is ambiguous for {layout.name} "
+                f"videos of shape {tuple(input_shape)}: ART's PyTorchClassifier applies it "
+                f"along axis {art_axis} of the batch, but the channel axis is "
+                f"{layout.channel_axis} with {channels} channels. Pass mean and std with shape "
+                f"{tuple(explicit)} so that they broadcast over the channel axis"
+            )
+        shape = [1] * len(batch_shape)
+        shape[layout.channel_axis] = channels
+        return mean.reshape(shape), std.reshape(shape)
+
+    try:
+        broadcast = np.broadcast_shapes(mean.shape, batch_shape)
+    except ValueError:
+        broadcast = None
+    if broadcast != batch_shape:
+        raise ValueError(
+            f"preprocessing mean of shape {mean.shape} does not broadcast against videos of "
+            f"shape (N, {', '.join(map(str, input_shape))}); pass a scalar, one value per "
+            "channel or an array that broadcasts against one video"
+        )
+    return mean, std
+
+
+class EstimatorPreprocessing:
+    """The estimator's predict-time preprocessing as differentiable torch operations.
+
+    Applies, in ART's order, the PyTorch preprocessing defences with ``apply_predict`` and
+    then the mean/std standardisation; identity standardisation is skipped.
+
+    Args:
+        estimator: an ART ``PyTorchClassifier`` of videos.
+        layout: the layout of its videos, see ``video_layout``.
+
+    Raises:
+        ValueError: for a preprocessing defence that is not a ``PreprocessorPyTorch`` (no
+            gradient can pass through it) and for mean/std that do not fit the videos.
+
+    Example::
+
+        >>> preprocess = EstimatorPreprocessing(classifier, video_layout(classifier))
+        >>> normalized = preprocess(torch.rand(2, 3, 8, 16, 16))
+    """
+
+    def __init__(self, estimator, layout: VideoLayout):
+        self.operations: List[Callable[[torch.Tensor], torch.Tensor]] = []
+        input_shape = tuple(estimator.input_shape)
+
+        for operation in estimator.preprocessing_operations:
+            if not operation.apply_predict:
+                continue
+
+            if isinstance(operation, (StandardisationMeanStd, StandardisationMeanStdPyTorch)):
+                mean, std = broadcast_mean_std(operation.mean, operation.std, input_shape, layout)
+                if np.all(mean == 0) and np.all(std == 1):
+                    continue
+                self.operations.append(_Standardise(mean, std))
+            elif isinstance(operation, PreprocessorPyTorch):
+                samples = getattr(operation, "nb_samples", 1)
+                if samples != 1:
+                    raise ValueError(
+                        f"the estimator's preprocessing {type(operation).__name__} has "
+                        f"nb_samples={samples}, which changes the batch size, so the model's "
+                        "logits no longer match the videos; use nb_samples=1"
+                    )
+                self.operations.append(_TorchDefence(operation))
+            else:
+                raise ValueError(
+                    f"the estimator's preprocessing defence {type(operation).__name__} runs in "
+                    "numpy, so no gradient can pass through it; use its PyTorch version (for "
+                    "example SpatialSmoothingPyTorch) or remove it from preprocessing_defences"
+                )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for operation in self.operations:
+            x = operation(x)
+        return x
+
+
+class AttackInputModel(nn.Module):
+    """``estimator.model`` behind the estimator's input mapping, for the torchattacks attacks.
+
+    Takes videos in [0, 1] in the attack's axis order: (N, C, T, H, W), or (N, T, C, H, W) for
+    a time-first estimator. The forward pass moves them to the estimator's axis order, maps
+    [0, 1] onto ``(clip_min, clip_max)`` and applies the estimator's preprocessing. It returns
+    the model's output unchanged. The user's model is the submodule ``model``, so
+    ``MoEInspector`` finds its MoE routers under the path prefix ``"model."``.
+
+    Args:
+        model: ``estimator.model``.
+        layout: the estimator's video layout.
+        preprocessing: the estimator's preprocessing.
+        clip_min, clip_max: the estimator's clip values. (Default: 0.0, 1.0)
+
+    Example::
+
+        >>> layout = video_layout(classifier)
+        >>> wrapped = AttackInputModel(classifier.model, layout,
+        ...                            EstimatorPreprocessing(classifier, layout), 0.0, 255.0)
+        >>> logits = wrapped(torch.rand(2, 3, 8, 16, 16))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: VideoLayout,
+        preprocessing: EstimatorPreprocessing,
+        clip_min: float = 0.0,
+        clip_max: float = 1.0,
+    ):
+        super().__init__()
+        self.model = model
+        self.layout = layout
+        self.preprocessing = preprocessing
+        self.clip_min = clip_min
+        self.clip_max = clip_max
+
+    def forward(self, videos: torch.Tensor):
+        x = self.layout.from_attack(videos)
+
+        if (self.clip_min, self.clip_max) != (0.0, 1.0):
+            x = self.clip_min + x * (self.clip_max - self.clip_min)
+
+        return self.model(self.preprocessing(x))
+
+
+# -- labels and projection ---------------------------------------------------------------------
+
+
+def index_labels(y, num_samples: int, nb_classes: int, name: str = "y") -> np.ndarray:
+    """Convert ART labels to int64 class indices of shape (N,).
+
+    Accepts indices of shape (N,) or (N, 1) and one-hot (or probability) rows of shape
+    (N, nb_classes). Float indices are accepted when they are whole numbers.
+
+    Raises:
+        ValueError: for another shape, a wrong number of rows or values out of range.
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == nb_classes and nb_classes > 1:
+        labels = y.argmax(axis=1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        labels = y[:, 0]
+    elif y.ndim == 1:
+        labels = y
+    else:
+        raise ValueError(
+            f"{name} has shape {y.shape}; pass class indices of shape ({num_samples},) or "
+            f"one-hot labels of shape ({num_samples}, {nb_classes})"
+        )
+
+    if labels.shape[0] != num_samples:
+        raise ValueError(
+            f"{name} has {labels.shape[0]} labels for {num_samples} samples; pass one per sample"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.all(np.mod(labels, 1) == 0):
+            raise ValueError(f"{name} must hold whole class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+
+    if labels.size and (labels.min() < 0 or labels.max() >= nb_classes):
+        raise ValueError(
+            f"{name} must be in [0, {nb_classes - 1}] for a classifier with {nb_classes} "
+            f"classes, got values from {labels.min()} to {labels.max()}"
+        )
+    return labels
+
+
+def project_linf(x_adv: np.ndarray, x: np.ndarray, eps: float, low: float, high: float) -> np.ndarray:
+    """Project float32 ``x_adv`` onto the L-infinity eps-ball around ``x`` and onto [low, high].
+
+    The bound is exact in float32: ``abs(result - x) <= eps`` even where ``x + eps`` rounds
+    up.
+    """
+    bound = np.float32(eps)
+    if float(bound) > eps:
+        bound = np.nextafter(bound, np.float32(0))
+
+    upper = x + bound
+    upper = np.where(upper - x > bound, np.nextafter(upper, x), upper)
+    lower = x - bound
+    lower = np.where(x - lower > bound, np.nextafter(lower, x), lower)
+
+    projected = np.minimum(np.maximum(x_adv, lower), upper)
+    return np.clip(projected, np.float32(low), np.float32(high)).astype(np.float32, copy=False)
+
+
+# -- the ART attacks ---------------------------------------------------------------------------
+
+
+def _torch_default(attack_class: type, name: str):
+    """Default of a keyword of a torchattacks attack of the family, so that both toolkits
+    share their defaults."""
+    for owner in (attack_class, MoEAttack):
+        parameter = inspect.signature(owner.__init__).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise KeyError(f"{attack_class.__name__} has no default for {name!r}")
+
+
+def _prefixed(paths):
+    if paths is None:
+        return None
+    if isinstance(paths, str):
+        return MODEL_PATH_PREFIX + paths
+    return [_prefixed(path) for path in paths]
+
+
+COMMON_PARAMS = ["eps", "alpha", "steps", "random_start", "restarts", "time_dim", "batch_size", "verbose"]
+ROUTER_PARAMS = ["routers", "experts", "top_k"]
+
+
+class MoEEvasionAttack(EvasionAttack):
+    """Base class of the ART versions of the attack family; see the subclasses.
+
+    A subclass names its torchattacks attack in ``torch_attack`` and lists its
+    hyperparameters in ``attack_params``. ``generate`` runs that attack, batch by batch, on an
+    ``AttackInputModel`` around the estimator's model.
+    """
+
+    torch_attack: type = MoEAttack
+    attack_params = EvasionAttack.attack_params + COMMON_PARAMS
+    _estimator_requirements = (PyTorchClassifier,)
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = 8 / 255,
+        alpha: float = 0.5,
+        steps: int = 10,
+        random_start: bool = True,
+        restarts: int = 1,
+        beta: float = 0.9,
+        lam: float = 1e-3,
+        gamma1: float = 1.0,
+        gamma2: float = 1.0,
+        targeted: bool = False,
+        time_dim: Optional[int] = None,
+        routers: Optional[Sequence[str]] = None,
+        experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        check_estimator(estimator, type(self))
+        super().__init__(estimator=estimator)
+
+        self.eps = eps
+        self.alpha = alpha
+        self.steps = steps
+        self.random_start = random_start
+        self.restarts = restarts
+        self.beta = beta
+        self.lam = lam
+        self.gamma1 = gamma1
+        self.gamma2 = gamma2
+        self._targeted = targeted
+        self.time_dim = time_dim
+        self.routers = routers
+        self.experts = experts
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self._passes = {"forward": 0, "backward": 0}
+        self._check_params()
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        super()._check_params()
+
+        low, high = clip_bounds(self.estimator)
+        span = high - low
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps <= span:
+            raise ValueError(
+                f"eps={eps!r} is invalid: pass a number from 0 to clip_max - clip_min = {span:g}, "
+                "in the units of x (for example 8/255 for clip_values=(0, 1), 8 for (0, 255))"
+            )
+
+        layout = video_layout(self.estimator, self.time_dim)
+        check_attack_params(
+            eps / span,
+            self.alpha,
+            self.steps,
+            restarts=self.restarts,
+            beta=self.beta,
+            gamma1=self.gamma1,
+            gamma2=self.gamma2,
+            lam=self.lam,
+            time_dim=layout.attack_time_dim,
+        )
+        if not isinstance(self.random_start, bool):
+            raise ValueError(f"random_start={self.random_start!r} is invalid: pass True or False")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r} is invalid: pass an int >= 1")
+        if not isinstance(self.verbose, bool):
+            raise ValueError(f"verbose={self.verbose!r} is invalid: pass True or False")
+        if not isinstance(self.targeted, bool):
+            raise ValueError(f"targeted={self.targeted!r} is invalid: pass True or False")
+        if self.targeted and not self.torch_attack.supports_targeted:
+            raise ValueError(
+                f"targeted=True is invalid for {type(self).__name__}, which has no targeted mode; "
+                "use TLAM, JTLA or JTLGA for targeted attacks"
+            )
+
+        EstimatorPreprocessing(self.estimator, layout)
+        if self.torch_attack.uses_router:
+            # Raises RouterNotFoundError, naming the user's model, when no router is found.
+            MoEInspector(self.estimator.model, self.routers, self.experts, self.top_k)
+
+    @property
+    def passes(self) -> dict:
+        """Forward and backward passes of the model during the latest ``generate``, summed
+        over batches."""
+        return dict(self._passes)
+
+    # -- attack --------------------------------------------------------------------------------
+
+    def make_torch_attack(self) -> Tuple[MoEAttack, VideoLayout]:
+        """Build the torchattacks attack on an ``AttackInputModel`` of the estimator.
+
+        Returns the attack and the estimator's video layout. The attack takes videos in [0, 1]
+        in the layout's attack order, with eps relative to that range.
+        """
+        low, high = clip_bounds(self.estimator)
+        layout = video_layout(self.estimator, self.time_dim)
+        model = AttackInputModel(
+            self.estimator.model, layout, EstimatorPreprocessing(self.estimator, layout), low, high
+        )
+
+        keywords = dict(
+            eps=self.eps / (high - low),
+            alpha=self.alpha,
+            steps=self.steps,
+            random_start=self.random_start,
+            restarts=self.restarts,
+            beta=self.beta,
+            lam=self.lam,
+            gamma1=self.gamma1,
+            gamma2=self.gamma2,
+            time_dim=layout.attack_time_dim,
+        )
+        if self.torch_attack.uses_router:
+            keywords.update(
+                routers=_prefixed(self.routers), experts=_prefixed(self.experts), top_k=self.top_k
+            )
+
+        attack = self.torch_attack(model, **keywords)
+        if self.targeted:
+            attack.set_mode_targeted_by_label(quiet=True)
+        return attack, layout
+
+    def generate(self, x: np.ndarray, y: Optional[np.ndarray] = None, **kwargs) -> np.ndarray:
+        """Generate adversarial videos.
+
+        Args:
+            x: videos of shape (N, *estimator.input_shape) within ``clip_values``; converted
+                to float32.
+            y: true labels (target labels when ``targeted``), class indices of shape (N,) or
+                one-hot of shape (N, nb_classes). With None, the classifier's predictions are
+                the labels (not allowed when ``targeted``).
+
+        Returns:
+            float32 array of the shape of ``x``, with ``|x_adv - x| <= eps`` and within
+            ``clip_values``.
+        """
+        if kwargs:
+            raise ValueError(
+                f"{type(self).__name__}.generate got unsupported keyword arguments "
+                f"{sorted(kwargs)}; pass only x and y"
+            )
+
+        videos = self._check_videos(x)
+        if videos.shape[0] == 0:
+            return videos.copy()
+
+        labels = self._labels(videos, y)
+        low, high = clip_bounds(self.estimator)
+        attack, layout = self.make_torch_attack()
+        # NOTE: tested only with CPU estimators; the CUDA path (device_type="gpu") has not run.
+        device = self.estimator.device
+
+        x_adv = np.empty_like(videos)
+        self._passes = {"forward": 0, "backward": 0}
+        starts = range(0, videos.shape[0], self.batch_size)
+        for start in tqdm(starts, desc=type(self).__name__, disable=not self.verbose):
+            end = start + self.batch_size
+            batch = torch.from_numpy(videos[start:end]).to(device)
+            batch_labels = torch.from_numpy(labels[start:end]).to(device)
+
+            unit = layout.to_attack(batch)
+            if (low, high) != (0.0, 1.0):
+                unit = ((unit - low) / (high - low)).clamp(0.0, 1.0)
+
+            adv_unit = attack(unit, batch_labels)
+            for key, count in attack.passes.items():
+                self._passes[key] += count
+
+            adv = layout.from_attack(adv_unit)
+            if (low, high) != (0.0, 1.0):
+                # Pixels the attack left alone keep their exact input value.
+                unchanged = layout.from_attack(adv_unit == unit)
+                adv = torch.where(unchanged, batch, low + adv * (high - low))
+            x_adv[start:end] = adv.detach().cpu().numpy()
+
+        x_adv = project_linf(x_adv, videos, self.eps, low, high)
+        logger.info(
+            "%s: %d videos, %d forward and %d backward passes",
+            type(self).__name__, videos.shape[0], self._passes["forward"], self._passes["backward"],
+        )
+        return x_adv
+
+    def _check_videos(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        input_shape = tuple(self.estimator.input_shape)
+        if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape:
+            raise ValueError(
+                f"x has shape {x.shape}, but the estimator's input_shape is {input_shape}; pass "
+                f"videos of shape (N, {', '.join(map(str, input_shape))})"
+            )
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
+
+        videos = x.astype(np.float32)
+        if videos.size == 0:
+            return videos
+        if not np.isfinite(videos).all():
+            raise ValueError("x contains NaN or infinite values; the attacks need finite input")
+
+        low, high = clip_bounds(self.estimator)
+        tolerance = RANGE_TOLERANCE * (high - low)
+        if videos.min() < low - tolerance or videos.max() > high + tolerance:
+            raise ValueError(
+                f"x has values from {videos.min():.6g} to {videos.max():.6g}, outside the "
+                f"estimator's clip_values ({low:g}, {high:g}); pass videos in that range "
+                "(unnormalized: the estimator's preprocessing normalizes them)"
+            )
+        return np.clip(videos, np.float32(low), np.float32(high))
+
+    def _labels(self, videos: np.ndarray, y) -> np.ndarray:
+        if y is not None:
+            return index_labels(y, videos.shape[0], self.estimator.nb_classes)
+        if self.targeted:
+            raise ValueError("y=None is invalid with targeted=True; pass the target labels as y")
+
+        predictions = self.estimator.predict(videos, batch_size=self.batch_size)
+        return predictions.argmax(axis=1).astype(np.int64)
+
+
+# -- the seven attacks -------------------------------------------------------------------------
+
+_ARGUMENTS = """
+    Args:
+        estimator: an ART ``PyTorchClassifier`` of videos, with ``clip_values``; its layout
+            and preprocessing are described in ``tlga_attacks.art.evasion``.
+        eps: maximum L-infinity perturbation, in the units of x. (Default: {eps})
+        alpha: step size relative to eps. (Default: {alpha})
+        steps: number of steps. (Default: {steps})
+        random_start: start at a uniform random point of the eps-ball. (Default: {random_start})
+        restarts: random restarts of the clips not yet fooled. (Default: {restarts})
+{extra}        time_dim: None (from ``channels_first``), 2 for (N, C, T, H, W), 1 for
+            (N, T, C, H, W) or (N, T, H, W, C). (Default: None)
+        batch_size: videos per attack batch. (Default: 32)
+        verbose: show a tqdm progress bar over batches. (Default: True)"""
+
+_ROUTER_ARGUMENTS = """        routers: module paths of the routers inside ``estimator.model``. (Default: None,
+            found by ``MoEInspector``)
+        experts: per router, the path of its experts container. (Default: None)
+        top_k: experts per routing unit for layers that do not expose it. (Default: None)
+"""
+
+_EXTRA_ARGUMENTS = {
+    "beta": "        beta: decay of the per-frame gradient-norm accumulator. (Default: {beta})\n",
+    "lam": "        lam: weight of the Lipschitz ratio terms. (Default: {lam})\n",
+    "gamma1": "        gamma1: weight of the weakest-expert guidance. (Default: {gamma1})\n",
+    "gamma2": "        gamma2: weight of the router objective. (Default: {gamma2})\n",
+    "targeted": "        targeted: treat y as target labels. (Default: False)\n",
+}
+
+
+def _format_eps(eps: float) -> str:
+    pixels = eps * 255
+    return f"{round(pixels)}/255" if abs(pixels - round(pixels)) < 1e-9 else f"{eps:g}"
+
+
+def _art_doc(attack_class: type, extra: Sequence[str], example: str) -> str:
+    defaults = {
+        name: _torch_default(attack_class, name)
+        for name in ("eps", "alpha", "steps", "random_start", "restarts", "beta", "lam", "gamma1", "gamma2")
+    }
+    defaults["eps"] = _format_eps(defaults["eps"])
+    extra_text = "".join(_EXTRA_ARGUMENTS[name] for name in extra)
+    if attack_class.uses_router:
+        extra_text += _ROUTER_ARGUMENTS
+    summary = (attack_class.__doc__ or "").strip().splitlines()[0]
+    return f"""ART version of {attack_class.__name__}: {summary}
+
+    Runs ``tlga_attacks.{attack_class.__name__}`` (see its docstring for the objective and
+    step) on the estimator's model behind the estimator's input mapping.
+{_ARGUMENTS.format(extra=extra_text.format(**defaults), **defaults)}
+
+    Shape:
+        - x: (N, *estimator.input_shape), within ``clip_values``.
+        - y: (N,) class indices or (N, nb_classes) one-hot; None uses the predictions.
+        - output: float32 of the shape of x.
+
+    Example::
+
+{example}
+    """
+
+
+class PGDR(MoEEvasionAttack):
+    torch_attack = torch_attacks.PGDR
+    attack_params = MoEEvasionAttack.attack_params + ROUTER_PARAMS
+    __doc__ = _art_doc(torch_attacks.PGDR, [], """        >>> from tlga_attacks.art import PGDR
+        >>> attack = PGDR(classifier, eps=8 / 255, steps=10)
+        >>> x_adv = attack.generate(x, y)""")
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = _torch_default(torch_attacks.PGDR, "eps"),
+        alpha: float = _torch_default(torch_attacks.PGDR, "alpha"),
+        steps: int = _torch_default(torch_attacks.PGDR, "steps"),
+        random_start: bool = _torch_default(torch_attacks.PGDR, "random_start"),
+        restarts: int = _torch_default(torch_attacks.PGDR, "restarts"),
+        time_dim: Optional[int] = None,
+        routers: Optional[Sequence[str]] = None,
+        experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            restarts=restarts, time_dim=time_dim, routers=routers, experts=experts,
+            top_k=top_k, batch_size=batch_size, verbose=verbose,
+        )
+
+
+class TLAR(MoEEvasionAttack):
+    torch_attack = torch_attacks.TLAR
+    attack_params = MoEEvasionAttack.attack_params + ROUTER_PARAMS + ["beta", "lam"]
+    __doc__ = _art_doc(torch_attacks.TLAR, ["beta", "lam"], """        >>> from tlga_attacks.art import TLAR
+        >>> attack = TLAR(classifier, eps=8 / 255)
+        >>> x_adv = attack.generate(x, y)""")
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = _torch_default(torch_attacks.TLAR, "eps"),
+        alpha: float = _torch_default(torch_attacks.TLAR, "alpha"),
+        steps: int = _torch_default(torch_attacks.TLAR, "steps"),
+        random_start: bool = _torch_default(torch_attacks.TLAR, "random_start"),
+        restarts: int = _torch_default(torch_attacks.TLAR, "restarts"),
+        beta: float = _torch_default(torch_attacks.TLAR, "beta"),
+        lam: float = _torch_default(torch_attacks.TLAR, "lam"),
+        time_dim: Optional[int] = None,
+        routers: Optional[Sequence[str]] = None,
+        experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            restarts=restarts, beta=beta, lam=lam, time_dim=time_dim, routers=routers,
+            experts=experts, top_k=top_k, batch_size=batch_size, verbose=verbose,
+        )
+
+
+class TLGAR(MoEEvasionAttack):
+    torch_attack = torch_attacks.TLGAR
+    attack_params = MoEEvasionAttack.attack_params + ROUTER_PARAMS + ["beta", "lam", "gamma1"]
+    __doc__ = _art_doc(torch_attacks.TLGAR, ["beta", "lam", "gamma1"], """        >>> from tlga_attacks.art import TLGAR
+        >>> attack = TLGAR(classifier, eps=8 / 255, gamma1=1.0)
+        >>> x_adv = attack.generate(x, y)""")
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = _torch_default(torch_attacks.TLGAR, "eps"),
+        alpha: float = _torch_default(torch_attacks.TLGAR, "alpha"),
+        steps: int = _torch_default(torch_attacks.TLGAR, "steps"),
+        random_start: bool = _torch_default(torch_attacks.TLGAR, "random_start"),
+        restarts: int = _torch_default(torch_attacks.TLGAR, "restarts"),
+        beta: float = _torch_default(torch_attacks.TLGAR, "beta"),
+        lam: float = _torch_default(torch_attacks.TLGAR, "lam"),
+        gamma1: float = _torch_default(torch_attacks.TLGAR, "gamma1"),
+        time_dim: Optional[int] = None,
+        routers: Optional[Sequence[str]] = None,
+        experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            restarts=restarts, beta=beta, lam=lam, gamma1=gamma1, time_dim=time_dim,
+            routers=routers, experts=experts, top_k=top_k, batch_size=batch_size,
+            verbose=verbose,
+        )
+
+
+class TLAE(MoEEvasionAttack):
+    torch_attack = torch_attacks.TLAE
+    attack_params = MoEEvasionAttack.attack_params + ROUTER_PARAMS + ["beta", "lam"]
+    __doc__ = _art_doc(torch_attacks.TLAE, ["beta", "lam"], """        >>> from tlga_attacks.art import TLAE
+        >>> attack = TLAE(classifier, eps=8 / 255)
+        >>> x_adv = attack.generate(x, y)""")
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = _torch_default(torch_attacks.TLAE, "eps"),
+        alpha: float = _torch_default(torch_attacks.TLAE, "alpha"),
+        steps: int = _torch_default(torch_attacks.TLAE, "steps"),
+        random_start: bool = _torch_default(torch_attacks.TLAE, "random_start"),
+        restarts: int = _torch_default(torch_attacks.TLAE, "restarts"),
+        beta: float = _torch_default(torch_attacks.TLAE, "beta"),
+        lam: float = _torch_default(torch_attacks.TLAE, "lam"),
+        time_dim: Optional[int] = None,
+        routers: Optional[Sequence[str]] = None,
+        experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            restarts=restarts, beta=beta, lam=lam, time_dim=time_dim, routers=routers,
+            experts=experts, top_k=top_k, batch_size=batch_size, verbose=verbose,
+        )
+
+
+class TLAM(MoEEvasionAttack):
+    torch_attack = torch_attacks.TLAM
+    attack_params = MoEEvasionAttack.attack_params + ["beta", "lam", "targeted"]
+    __doc__ = _art_doc(torch_attacks.TLAM, ["beta", "lam", "targeted"], """        >>> from tlga_attacks.art import TLAM
+        >>> attack = TLAM(classifier, eps=8 / 255)
+        >>> x_adv = attack.generate(x, y)""")
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = _torch_default(torch_attacks.TLAM, "eps"),
+        alpha: float = _torch_default(torch_attacks.TLAM, "alpha"),
+        steps: int = _torch_default(torch_attacks.TLAM, "steps"),
+        random_start: bool = _torch_default(torch_attacks.TLAM, "random_start"),
+        restarts: int = _torch_default(torch_attacks.TLAM, "restarts"),
+        beta: float = _torch_default(torch_attacks.TLAM, "beta"),
+        lam: float = _torch_default(torch_attacks.TLAM, "lam"),
+        targeted: bool = False,
+        time_dim: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            restarts=restarts, beta=beta, lam=lam, targeted=targeted, time_dim=time_dim,
+            batch_size=batch_size, verbose=verbose,
+        )
+
+
+class JTLA(MoEEvasionAttack):
+    torch_attack = torch_attacks.JTLA
+    attack_params = MoEEvasionAttack.attack_params + ROUTER_PARAMS + ["beta", "lam", "gamma2", "targeted"]
+    __doc__ = _art_doc(torch_attacks.JTLA, ["beta", "lam", "gamma2", "targeted"], """        >>> from tlga_attacks.art import JTLA
+        >>> attack = JTLA(classifier, eps=8 / 255)
+        >>> x_adv = attack.generate(x, y)""")
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = _torch_default(torch_attacks.JTLA, "eps"),
+        alpha: float = _torch_default(torch_attacks.JTLA, "alpha"),
+        steps: int = _torch_default(torch_attacks.JTLA, "steps"),
+        random_start: bool = _torch_default(torch_attacks.JTLA, "random_start"),
+        restarts: int = _torch_default(torch_attacks.JTLA, "restarts"),
+        beta: float = _torch_default(torch_attacks.JTLA, "beta"),
+        lam: float = _torch_default(torch_attacks.JTLA, "lam"),
+        gamma2: float = _torch_default(torch_attacks.JTLA, "gamma2"),
+        targeted: bool = False,
+        time_dim: Optional[int] = None,
+        routers: Optional[Sequence[str]] = None,
+        experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            restarts=restarts, beta=beta, lam=lam, gamma2=gamma2, targeted=targeted,
+            time_dim=time_dim, routers=routers, experts=experts, top_k=top_k,
+            batch_size=batch_size, verbose=verbose,
+        )
+
+
+class JTLGA(MoEEvasionAttack):
+    torch_attack = torch_attacks.JTLGA
+    attack_params = (
+        MoEEvasionAttack.attack_params + ROUTER_PARAMS + ["beta", "lam", "gamma1", "gamma2", "targeted"]
+    )
+    __doc__ = _art_doc(torch_attacks.JTLGA, ["beta", "lam", "gamma1", "gamma2", "targeted"], """        >>> from tlga_attacks.art import JTLGA
+        >>> attack = JTLGA(classifier, eps=8 / 255)
+        >>> x_adv = attack.generate(x, y)""")
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        eps: float = _torch_default(torch_attacks.JTLGA, "eps"),
+        alpha: float = _torch_default(torch_attacks.JTLGA, "alpha"),
+        steps: int = _torch_default(torch_attacks.JTLGA, "steps"),
+        random_start: bool = _torch_default(torch_attacks.JTLGA, "random_start"),
+        restarts: int = _torch_default(torch_attacks.JTLGA, "restarts"),
+        beta: float = _torch_default(torch_attacks.JTLGA, "beta"),
+        lam: float = _torch_default(torch_attacks.JTLGA, "lam"),
+        gamma1: float = _torch_default(torch_attacks.JTLGA, "gamma1"),
+        gamma2: float = _torch_default(torch_attacks.JTLGA, "gamma2"),
+        targeted: bool = False,
+        time_dim: Optional[int] = None,
+        routers: Optional[Sequence[str]] = None,
+        experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
+        top_k: Optional[int] = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ):
+        super().__init__(
+            estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            restarts=restarts, beta=beta, lam=lam, gamma1=gamma1, gamma2=gamma2,
+            targeted=targeted, time_dim=time_dim, routers=routers, experts=experts,
+            top_k=top_k, batch_size=batch_size, verbose=verbose,
+        )
