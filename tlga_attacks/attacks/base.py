@@ -20,7 +20,7 @@ from ..outputs import logits_from_output
 from ..steps import clip_to_bounds, eps_ball_bounds, random_start, sign_step, temporal_step
 from ..validation import check_attack_params, check_labels, check_model_output, check_videos
 
-__all__ = ["AttackPass", "MoEAttack"]
+__all__ = ["AttackPass", "ModelState", "MoEAttack"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class AttackPass:
         return [layer.router_logits for layer in self.layers]
 
 
-class _ModelState:
+class ModelState:
     """Training flags, ``requires_grad`` and (when needed) buffers of a model, to restore."""
 
     def __init__(self, model: nn.Module):
@@ -134,6 +134,7 @@ class MoEAttack(Attack):
         self.supported_mode = ["default", "targeted"] if self.supports_targeted else ["default"]
         self._forward_passes = 0
         self._backward_passes = 0
+        self._in_call = False
         self.check_params()
 
         if self.uses_router:
@@ -214,8 +215,23 @@ class MoEAttack(Attack):
             inputs = self.normalize(inputs)
         return self._output_to_logits(self.model(inputs))
 
+    @torch.no_grad()
+    def get_output_with_eval_nograd(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits without gradient, in the mode the attack runs the model in.
+
+        torchattacks' version switches a training model to eval and back with ``train()``,
+        which inside an attack call would undo ``set_model_training_mode`` for the rest of the
+        call. Inside a call the pass counts in ``passes`` (targeted random and least-likely
+        modes use it to pick targets); outside, torchattacks' version runs.
+        """
+        if not self._in_call:
+            return super().get_output_with_eval_nograd(inputs)
+        self._forward_passes += 1
+        return self.get_logits(inputs)
+
     def __call__(self, inputs, labels=None, *args, **kwargs):
-        state = _ModelState(self.model)
+        state = ModelState(self.model)
+        self._in_call = True
         try:
             self._change_model_mode(state.training)
             state.save_buffers_if_training()
@@ -232,6 +248,7 @@ class MoEAttack(Attack):
 
             return self.forward(inputs, labels, *args, **kwargs)
         finally:
+            self._in_call = False
             state.restore()
 
     # -- the loop ----------------------------------------------------------------------------
