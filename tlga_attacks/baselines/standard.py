@@ -161,7 +161,8 @@ def _square(model, eps, steps=None, seed=0, **kwargs):
 
 
 def _tt(model, eps, steps=10, seed=None, **kwargs):
-    kwargs.setdefault("alpha", eps / 4)
+    # TT requires alpha > 0; at eps = 0 the projection keeps the clip unchanged anyway.
+    kwargs.setdefault("alpha", eps / 4 if eps > 0 else 1 / 255)
     return TT(model, eps=eps, steps=steps, seed=seed, **kwargs)
 
 
