@@ -9,7 +9,7 @@ name               architecture
 ``tsm_resnet18``   2-D ResNet-18 per frame with a temporal shift in every residual block
                    (Lin et al., "TSM: Temporal Shift Module", ICCV 2019), logits averaged
                    over time
-``tiny3d``         three conv3d-BN-ReLU blocks, global average pooling and a linear layer,
+``tiny3d``         three conv3d-BN-ReLU blocks, global max pooling and a linear layer,
                    small enough to train on a CPU
 =================  ==========================================================================
 
@@ -68,7 +68,9 @@ class Tiny3DCNN(nn.Module):
     """Small 3-D CNN classifier that trains in minutes on a CPU at 16x32x32 input.
 
     Three :class:`Conv3dBlock` stages with widths 16, 32 and 64 (times ``width``) and
-    strides (1, 2, 2), 2 and 2, then global average pooling and a linear layer ``fc``.
+    strides (1, 2, 2), 2 and 2, then global max pooling and a linear layer ``fc``. Max
+    pooling keeps the response of a small moving object: with global average pooling the
+    tiny3d VideoMoE stayed at chance level on SyntheticActions (see benchmarks/RESULTS.md).
     One 16x32x32 clip costs about 0.03 GFLOPs (see ``count_gflops``).
 
     Args:
@@ -90,7 +92,7 @@ class Tiny3DCNN(nn.Module):
         self.block1 = Conv3dBlock(3, channels[0], stride=(1, 2, 2))
         self.block2 = Conv3dBlock(channels[0], channels[1], stride=2)
         self.block3 = Conv3dBlock(channels[1], channels[2], stride=2)
-        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.pool = nn.AdaptiveMaxPool3d(1)
         self.fc = nn.Linear(channels[2], num_classes)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
