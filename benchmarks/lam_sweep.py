@@ -5,11 +5,12 @@ default comes from this sweep. For each attack and lam the script prints robust 
 (lower = stronger attack). Rows marked "input-grad" let the gradient flow through the
 denominator MSE(x', x) as well; the library's attacks detach it.
 
-The model is a VideoMoE (tiny3d experts, M=4, k=1) on SyntheticActions, trained here in about
-a minute on 2 CPU cores, or loaded from --checkpoint (a state dict of the same architecture).
+The model is a bundled checkpoint (--zoo, default moe-synthetic) evaluated on its own test
+split, or, with --zoo "", a VideoMoE (tiny3d experts, M=4, k=1) trained here on
+SyntheticActions with 16-frame clips.
 
 Usage:
-    python benchmarks/lam_sweep.py [--eps 8] [--clips 96] [--checkpoint PATH] [--out FILE]
+    python benchmarks/lam_sweep.py [--zoo moe-synthetic] [--eps 8] [--clips 96] [--out FILE]
 """
 
 import argparse
@@ -21,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from tlga_attacks import JTLA, JTLGA, TLAM, TLAR, TLGAR, objectives
-from tlga_attacks.data.synthetic import SyntheticActions
+from tlga_attacks import JTLA, JTLGA, TLAM, TLAR, TLGAR, objectives, zoo
+from tlga_attacks.data import SyntheticActions
 from tlga_attacks.models import VideoMoE
 
 LAMS = [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
@@ -78,19 +79,22 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=8, help="L-infinity budget, in 1/255 units")
     parser.add_argument("--clips", type=int, default=96, help="test clips attacked")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs without --checkpoint")
-    parser.add_argument("--checkpoint", help="state dict of VideoMoE(8 classes, tiny3d, M=4, k=1)")
+    parser.add_argument("--zoo", default="moe-synthetic", help="bundled checkpoint; '' trains one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the results to this JSON file")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    if args.checkpoint:
-        model = VideoMoE(num_classes=NUM_CLASSES, num_experts=4, top_k=1, expert="tiny3d")
-        model.load_state_dict(torch.load(args.checkpoint, weights_only=True))
-        model.eval()
+    if args.zoo:
+        model, card = zoo.load(args.zoo)
+        data = card["data"]
+        test = SyntheticActions(
+            args.clips, num_frames=data["num_frames"], size=data["size"],
+            num_classes=data["num_classes"], seed=data["data_seed"], split="test",
+        )
     else:
         model = train_model(args.epochs, args.seed)
-    test = SyntheticActions(args.clips, num_classes=NUM_CLASSES, seed=args.seed, split="test")
+        test = SyntheticActions(args.clips, num_classes=NUM_CLASSES, seed=args.seed, split="test")
     videos, labels = next(iter(DataLoader(test, batch_size=args.clips)))
     clean = accuracy(model, videos, labels)
     print(f"clean accuracy {clean:.3f} ({args.clips} clips), setup {time.perf_counter() - start:.0f} s")

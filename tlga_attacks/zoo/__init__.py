@@ -15,13 +15,15 @@ Each checkpoint is ``<name>.safetensors`` with a model card ``<name>.json`` in t
 The card records the architecture in ``card["model"]`` (the arguments of ``build_model``) and
 the data set in ``card["data"]`` (``num_frames``, ``size``, ``num_classes``, ``data_seed`` and
 clip counts). It also records the training settings, the accuracies measured on the test split
-after training, the command that trained the model and the training time. :func:`card` returns the
-card without loading the weights. ``benchmarks/train_zoo.py`` retrains these four.
+after training, the command that trained the model and the training time. :func:`card`
+returns the card without loading the weights. ``benchmarks/train_zoo.py`` retrains these four.
 
-NOTE: with tiny3d experts as they are (global average pooling), the synthetic checkpoints
-trained at chance accuracy (about 13% for 8 classes) and ``moe-footage`` at 25%, so attacks on
-them measure little. With a global max pool in tiny3d the same commands reach 94% (standard)
-and 82% clean / 30% PGD-10 (ATM). ``benchmarks/RESULTS.md`` has the measurements.
+Measured on the test splits: ``moe-synthetic`` 94.0% clean, ``moe-synthetic-atm`` 82.0%
+clean and 30.0% under PGD-10 at 8/255, ``dense-synthetic-atd`` 83.5% and 26.8%.
+``benchmarks/RESULTS.md`` has the commands, times and machine.
+
+NOTE: ``moe-footage`` reached only 18.8% test accuracy (chance is 16.7%), because the model
+memorizes its training windows of ``FootageSpeed``. Attacks on it measure little.
 
 Other scripts may add checkpoints here in the same format, for example the defense
 checkpoints of ``benchmarks/train_defense.py``.
