@@ -16,6 +16,7 @@ from torchattacks.attack import Attack
 
 from .. import objectives
 from ..hooks import MoEHookError, MoEInspector, MoELayerRecord
+from ..normalization import VideoNormalizationMixin
 from ..outputs import logits_from_output
 from ..steps import clip_to_bounds, eps_ball_bounds, random_start, sign_step, temporal_step
 from ..validation import check_attack_params, check_labels, check_model_output, check_videos
@@ -77,7 +78,7 @@ class ModelState:
                     buffer.copy_(saved)
 
 
-class MoEAttack(Attack):
+class MoEAttack(VideoNormalizationMixin, Attack):
     """Base class of the attack family; see the subclasses for the objectives.
 
     Subclasses set ``step_rule`` and ``uses_router``/``uses_experts`` and implement
@@ -169,46 +170,6 @@ class MoEAttack(Attack):
         return {"forward": self._forward_passes, "backward": self._backward_passes}
 
     # -- torchattacks integration ------------------------------------------------------------
-
-    def set_normalization_used(self, mean, std) -> None:
-        """Declare that the model takes normalized videos ``(x - mean) / std``.
-
-        As in torchattacks, the attack is then called on normalized videos and returns
-        normalized adversarial videos; eps and [0, 1] apply to the unnormalized pixels.
-        ``mean`` and ``std`` are per channel and broadcast over the channel axis of 5-D input
-        (axis 1, or axis 2 with ``time_dim=1``).
-        """
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.numel() != std.numel():
-            raise ValueError(
-                f"mean has {mean.numel()} values and std has {std.numel()}; pass one per channel"
-            )
-        if not torch.all(std > 0):
-            raise ValueError(f"std must be positive, got {std.tolist()}")
-        # Filled in place: torchattacks' __setattr__ scans assigned values with `in`, which
-        # fails on tensors.
-        self.normalization_used = {}
-        self.normalization_used["mean"] = mean
-        self.normalization_used["std"] = std
-        self._set_normalization_applied(True)
-
-    def _channel_shaped(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        shape = [1] * like.dim()
-        channel_axis = 2 if self.time_dim == 1 else 1
-        if like.dim() > channel_axis:
-            shape[channel_axis] = values.numel()
-        return values.to(device=like.device, dtype=like.dtype).reshape(shape)
-
-    def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
-        mean = self._channel_shaped(self.normalization_used["mean"], inputs)
-        std = self._channel_shaped(self.normalization_used["std"], inputs)
-        return (inputs - mean) / std
-
-    def inverse_normalize(self, inputs: torch.Tensor) -> torch.Tensor:
-        mean = self._channel_shaped(self.normalization_used["mean"], inputs)
-        std = self._channel_shaped(self.normalization_used["std"], inputs)
-        return inputs * std + mean
 
     def get_logits(self, inputs: torch.Tensor, labels=None, *args, **kwargs) -> torch.Tensor:
         if self._normalization_applied is False:

@@ -34,6 +34,7 @@ from torchattacks.attack import Attack
 from torchattacks.wrappers.multiattack import MultiAttack
 
 from ..attacks.base import ModelState
+from ..normalization import VideoNormalizationMixin
 from ..outputs import logits_from_output
 from ..steps import project
 from ..validation import check_labels, check_model_output, check_videos
@@ -179,7 +180,7 @@ class PassCounter:
 # -- video conventions for torchattacks attacks ------------------------------------------------
 
 
-class VideoAttackMixin:
+class VideoAttackMixin(VideoNormalizationMixin):
     """Video conventions for a ``torchattacks.attack.Attack`` subclass.
 
     Put it first among the base classes and call ``_init_video`` at the end of ``__init__``.
@@ -223,44 +224,6 @@ class VideoAttackMixin:
         return self._pass_counter.as_dict()
 
     # -- normalization -----------------------------------------------------------------------
-
-    def set_normalization_used(self, mean, std) -> None:
-        """Declare that the model takes normalized videos ``(x - mean) / std``.
-
-        ``mean`` and ``std`` hold one value per channel. The attack is then called on
-        normalized videos and returns normalized adversarial videos.
-        """
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.numel() != std.numel():
-            raise ValueError(
-                f"mean has {mean.numel()} values and std has {std.numel()}; pass one per channel"
-            )
-        if not torch.all(std > 0):
-            raise ValueError(f"std must be positive, got {std.tolist()}")
-
-        # Filled in place because torchattacks' __setattr__ compares every assigned value with
-        # `in`, which raises on tensors with several elements.
-        self.normalization_used = {}
-        self.normalization_used["mean"] = mean
-        self.normalization_used["std"] = std
-        self._set_normalization_applied(True)
-
-    def _channel_shaped(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        channel_axis = 2 if self.time_dim == 1 else 1
-        shape = [1] * like.dim()
-        shape[channel_axis] = values.numel()
-        return values.to(device=like.device, dtype=like.dtype).reshape(shape)
-
-    def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
-        mean = self._channel_shaped(self.normalization_used["mean"], inputs)
-        std = self._channel_shaped(self.normalization_used["std"], inputs)
-        return (inputs - mean) / std
-
-    def inverse_normalize(self, inputs: torch.Tensor) -> torch.Tensor:
-        mean = self._channel_shaped(self.normalization_used["mean"], inputs)
-        std = self._channel_shaped(self.normalization_used["std"], inputs)
-        return inputs * std + mean
 
     def _preprocess(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
         """Return the normalization to apply before the model, or None."""
