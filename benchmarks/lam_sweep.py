@@ -32,7 +32,7 @@ NUM_CLASSES = 8
 
 
 def with_input_gradient(attack_class):
-    """A variant of ``attack_class`` whose Lipschitz denominators pass gradient to x'."""
+    """Return a variant of ``attack_class`` whose Lipschitz denominators pass gradient to x'."""
 
     class InputGradient(attack_class):
         def model_term(self, clean, adv):

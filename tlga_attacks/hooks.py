@@ -375,7 +375,7 @@ class MoEInspector:
     def _register(self) -> None:
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_start))
 
-        # Under DataParallel each replica of the inner module sees its own chunk of the batch.
+        # Under DataParallel each replica of the inner module receives its own chunk of the batch.
         inner = getattr(self.model, "module", None)
         if isinstance(inner, nn.Module):
             self._handles.append(inner.register_forward_pre_hook(self._on_chunk_start))

@@ -13,6 +13,8 @@ import torchattacks
 from torchattacks.attack import Attack
 
 from .adapter import (
+    SHAPES,
+    VIDEO_ARGUMENTS,
     VideoAPGD,
     VideoAPGDT,
     VideoAttackMixin,
@@ -23,18 +25,6 @@ from .adapter import (
 from .tt import TT
 
 __all__ = ["BASELINES", "VideoFGSM", "VideoPGD", "make_baseline"]
-
-VIDEO_ARGUMENTS = """
-        time_dim (int): 2 for (N, C, T, H, W) models, 1 for (N, T, C, H, W). (Default: 2)
-        output_to_logits (callable, optional): maps the model's output to logits.
-            (Default: None, see ``tlga_attacks.outputs.logits_from_output``)"""
-
-SHAPES = """
-    Shape:
-        - videos: (N, C, T, H, W) (or (N, T, C, H, W) with ``time_dim=1``), float in [0, 1].
-        - labels: (N,) int64 class indices, or None for the model's predictions.
-        - output: same shape, dtype, device and memory layout as the videos, within the
-          eps-ball of the input and within [0, 1]."""
 
 
 class VideoFGSM(VideoAttackMixin, torchattacks.FGSM):
