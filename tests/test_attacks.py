@@ -304,6 +304,30 @@ def test_attack_on_misclassified_batch_stops_at_start():
     assert atk.passes == {"forward": 2, "backward": 0}
 
 
+def test_attack_without_early_stop_returns_last_iterate():
+    model, (x, y) = trained_clip_moe()
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 4
+    atk = JTLGA(model, steps=3, random_start=False, early_stop=False)
+
+    adv = atk(x, wrong)
+
+    # Every clip is fooled from the start, yet all steps run and the iterate moves on.
+    assert atk.passes == {"forward": 4, "backward": 3}
+    assert_valid_adversarial(adv, x, EPS)
+    assert (adv - x).abs().amax(dim=(1, 2, 3, 4)).min().item() > 0
+
+
+def test_early_stop_does_not_change_unfooled_clips():
+    model, (x, y) = trained_clip_moe()
+    # eps so small that no clip is fooled: both settings return the last iterate.
+    results = []
+    for early_stop in (True, False):
+        torch.manual_seed(0)
+        results.append(JTLGA(model, eps=0.5 / 255, steps=3, early_stop=early_stop)(x[:8], y[:8]))
+    assert torch.equal(results[0], results[1])
+
+
 # -- torchattacks interplay -----------------------------------------------------------------
 
 
@@ -443,6 +467,8 @@ def test_jtlga_one_forward_and_backward_per_step():
         ({"lam": -1e-3}, "lam"),
         ({"time_dim": 3}, "time_dim"),
         ({"restarts": 0}, "restarts"),
+        ({"random_start": 1}, "random_start"),
+        ({"early_stop": "no"}, "early_stop"),
     ],
 )
 def test_invalid_parameter_names_itself(kwargs, name):

@@ -16,6 +16,9 @@ COMMON_ARGUMENTS = """
         random_start (bool): start at a uniform random point of the eps-ball. (Default: True)
         restarts (int): random restarts; later restarts re-run the clips not yet fooled.
             (Default: 1)
+        early_stop (bool): return per clip the first iterate that fools the model and stop
+            once every clip is fooled. False runs every step and returns the last iterate,
+            the training examples of adversarial training. (Default: True)
         time_dim (int): 2 for (N, C, T, H, W) models, 1 for (N, T, C, H, W). (Default: 2)
         routers (list of str, optional): module paths of the routers. (Default: None, found
             by ``MoEInspector``)

@@ -84,13 +84,18 @@ class MoEAttack(VideoNormalizationMixin, Attack):
     Subclasses set ``step_rule`` and ``uses_router``/``uses_experts`` and implement
     ``objective(clean, adv)`` returning a per-sample tensor of shape (N,) to maximize.
 
-    Which iterate is returned: per sample, the first iterate that fools the model
-    (misclassification, or the target in targeted mode); otherwise the last one. Restarts
-    after the first one re-run the samples not yet fooled; a sample never fooled returns the
-    last iterate of the final restart.
+    Which iterate is returned, with ``early_stop=True`` (the default): per sample, the first
+    iterate that fools the model (misclassification, or the target in targeted mode);
+    otherwise the last one. Restarts after the first one re-run the samples not yet fooled; a
+    sample never fooled returns the last iterate of the final restart. The loop stops early
+    once every clip is fooled.
+
+    With ``early_stop=False`` every restart runs all its steps and a sample returns the last
+    iterate of the last restart it took part in, as adversarial training on PGD examples
+    expects; later restarts still re-run only the samples that no iterate has fooled yet.
 
     Cost: one forward pass without gradient for the clean reference, then per step one
-    forward and one backward pass. The loop stops early once every clip is fooled.
+    forward and one backward pass.
     """
 
     step_rule = "temporal"
@@ -107,6 +112,7 @@ class MoEAttack(VideoNormalizationMixin, Attack):
         steps: int = 10,
         random_start: bool = True,
         restarts: int = 1,
+        early_stop: bool = True,
         beta: float = 0.9,
         lam: float = 1e-3,
         gamma1: float = 1.0,
@@ -123,6 +129,7 @@ class MoEAttack(VideoNormalizationMixin, Attack):
         self.steps = steps
         self.random_start = random_start
         self.restarts = restarts
+        self.early_stop = early_stop
         self.beta = beta
         self.lam = lam
         self.gamma1 = gamma1
@@ -157,6 +164,10 @@ class MoEAttack(VideoNormalizationMixin, Attack):
             lam=self.lam,
             time_dim=self.time_dim,
         )
+        for name in ("random_start", "early_stop"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} is invalid: pass True or False")
         if self.alpha < SMALL_ALPHA:
             logger.warning(
                 "%s: alpha=%g is relative to eps (a step of alpha * eps = %g); an absolute "
@@ -276,6 +287,7 @@ class MoEAttack(VideoNormalizationMixin, Attack):
                 break
 
             x_adv = clip_to_bounds(random_start(x, self.eps), lower, upper) if self.random_start else x.clone()
+            active = ~fooled
             found = fooled.clone()
             velocity = None
 
@@ -284,12 +296,14 @@ class MoEAttack(VideoNormalizationMixin, Attack):
                 adv = self._run_model(x_adv, inspector)
                 adv.labels, adv.targets = clean.labels, clean.targets
 
-                # Bookkeeping: keep the first iterate that fools the model.
+                # Bookkeeping: keep the first iterate that fools the model (early_stop), or
+                # only note which clips an iterate has fooled.
                 with torch.no_grad():
                     newly = self._is_success(adv.logits, clean) & ~found
-                    result[newly] = x_adv.detach()[newly]
+                    if self.early_stop:
+                        result[newly] = x_adv.detach()[newly]
                     found |= newly
-                if found.all():
+                if self.early_stop and found.all():
                     break
 
                 objective = self.objective(clean, adv)
@@ -311,7 +325,7 @@ class MoEAttack(VideoNormalizationMixin, Attack):
                     x_adv = clip_to_bounds(x_adv, lower, upper)
 
             with torch.no_grad():
-                last = ~found
+                last = ~found if self.early_stop else active
                 result[last] = x_adv.detach()[last]
                 fooled = found
 
