@@ -108,6 +108,22 @@ def test_update_experts_changes_only_top2_experts():
         assert torch.equal(buffer, router_buffers[name]), f"router buffer {name} changed"
 
 
+def test_only_update_model_moves_running_statistics():
+    model = tiny_moe()
+    trainer = JTLAT(model, lr=1e-2, attack_steps=1)
+    videos, labels = make_batch()
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+
+    trainer.update_router(model, videos, labels)
+    trainer.update_experts(model, videos, labels)
+    assert all(torch.equal(buffer, buffers[name]) for name, buffer in model.named_buffers())
+
+    trainer.update_model(model, videos, labels)
+    moved = {name for name, buffer in model.named_buffers() if not torch.equal(buffer, buffers[name])}
+    assert any(name.startswith("router.") and name.endswith("running_mean") for name in moved)
+    assert any(name.startswith("experts.") and name.endswith("running_var") for name in moved)
+
+
 def test_update_experts_top1_trains_one_expert():
     model = tiny_moe()
     fix_routing(model, [0.0, -6.0, 6.0, -3.0])
@@ -189,7 +205,9 @@ def test_training_step_follows_trainer_optimizer():
     trainer = context.state["jtlat"]
     attacks = (trainer.router_attack, trainer.expert_attack, trainer.model_attack)
     assert all(attack.eps == EPS / 2 for attack in attacks)
-    assert all(attack.alpha == pytest.approx(0.25) for attack in attacks)
+    # alpha relative to eps, scaled so that a frame of mean gradient norm steps 1/255.
+    assert all(attack.alpha == pytest.approx(0.25 * (1 + math.log(2))) for attack in attacks)
+    assert all(attack.early_stop is False for attack in attacks)
     assert all(group.param_groups[0]["lr"] == 5e-3 for group in trainer.group_optimizers)
     assert output.logits.shape == (4, NUM_CLASSES)
     assert output.loss.dim() == 0
@@ -208,7 +226,8 @@ def test_training_step_builds_trainer_from_context():
     trainer = context.state["tlat"]
     assert isinstance(trainer, TLAT)
     assert trainer.optimizer is optimizer
-    assert trainer.attack.alpha == pytest.approx(0.25)
+    assert trainer.attack.alpha == pytest.approx(0.25 * (1 + math.log(2)))
+    assert trainer.attack.early_stop is False
     assert trainer.attack.steps == 1
     assert trainer.aux_weight == 0.01
 

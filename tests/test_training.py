@@ -267,6 +267,24 @@ def test_train_resume_after_mid_epoch_crash_matches_uninterrupted(tmp_path, monk
     assert_same_weights(final_weights(tmp_path / "crashed"), final_weights(tmp_path / "straight"))
 
 
+def test_jtlat_resume_after_mid_epoch_crash_matches_uninterrupted(tmp_path, monkeypatch):
+    # J-TLAT's router and expert optimizers live outside the trainer's optimizer; equal
+    # weights show that the checkpoint carries their moments.
+    settings = dict(TINY, epochs=2, method="jtlat", attack_steps=1, robust_eval=False)
+    train(TrainConfig(out=tmp_path / "straight", **settings))
+
+    monkeypatch.setenv(STOP_AFTER_BATCHES_ENV, "3")
+    with pytest.raises(InterruptedForTesting):
+        train(TrainConfig(out=tmp_path / "crashed", **settings))
+    saved = torch.load(tmp_path / "crashed" / TRAINING_STATE_FILE, weights_only=True)["method_state"]
+    assert set(saved["jtlat"]["expert_optimizers"]) == {f"experts.{index}" for index in range(4)}
+
+    monkeypatch.delenv(STOP_AFTER_BATCHES_ENV)
+    train(TrainConfig(out=tmp_path / "crashed", **settings))
+
+    assert_same_weights(final_weights(tmp_path / "crashed"), final_weights(tmp_path / "straight"))
+
+
 def test_train_resume_rejects_changed_settings(tmp_path):
     train(TrainConfig(out=tmp_path, **TINY))
 

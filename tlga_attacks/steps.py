@@ -4,11 +4,13 @@ A step rule maps the current iterate and the gradient of the objective to the ne
 before projection. ``alpha`` is relative to ``eps`` throughout: a step of ``alpha * eps``.
 """
 
+import math
 from typing import Optional, Tuple
 
 import torch
 
 __all__ = [
+    "MEAN_FRAME_DIVISOR",
     "clip_to_bounds",
     "eps_ball_bounds",
     "project",
@@ -19,6 +21,10 @@ __all__ = [
 ]
 
 MIN_MEAN_VELOCITY = 1e-12
+
+# The temporal step divides alpha * eps by 1 + log(1 + sqrt(Vs)). A frame whose accumulated
+# gradient norm equals the clip's mean has Vs = 1, so its step is alpha * eps / (1 + log 2).
+MEAN_FRAME_DIVISOR = 1.0 + math.log(2.0)
 
 
 def sign_step(x_adv: torch.Tensor, grad: torch.Tensor, eps: float, alpha: float) -> torch.Tensor:

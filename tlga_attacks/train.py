@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--eps", type=float, default=8.0, help="L-infinity radius of adversarial training and evaluation, in 1/255 units")
     method.add_argument("--attack-steps", type=int, default=3, help="PGD steps per batch in adversarial training")
     method.add_argument(
-        "--attack-alpha", type=float, default=None, help="PGD step size in 1/255 units (default 2.5 * eps / attack-steps)"
+        "--attack-alpha",
+        type=float,
+        default=None,
+        help="PGD step size in 1/255 units, for tlat and jtlat the step of a frame with mean gradient norm "
+        "(default 2.5 * eps / attack-steps)",
     )
     method.add_argument(
         "--eps-warmup", type=int, default=0, help="epochs over which the training radius grows linearly from 0 to --eps"

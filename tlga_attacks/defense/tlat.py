@@ -262,7 +262,8 @@ class TLAT:
     """TLAT: adversarial training on TLA-M examples with a Lipschitz penalty on the output.
 
     Per batch: x_adv = TLAM(x) on the model in eval mode (the attack restores the model's
-    flags and accumulates no parameter gradients), then one optimizer step on
+    flags and accumulates no parameter gradients; it runs all its steps and returns the last
+    iterate, ``early_stop=False``), then one optimizer step on
     ``CE(F(x_adv), y) + lam * Lip(F)`` with
     ``Lip(F) = MSE(F(x_adv), F(x)) / max(MSE(x_adv, x), 1e-12)`` per sample, averaged. F(x) is
     a reference without gradient in the model's current mode. It needs no router, so it also
@@ -338,7 +339,8 @@ class TLAT:
 
         self.optimizer = optimizer or torch.optim.Adam(self.module.parameters(), lr=lr)
         self.attack = TLAM(
-            self.module, eps=eps, alpha=alpha, steps=attack_steps, beta=beta, lam=attack_lam, time_dim=time_dim
+            self.module, eps=eps, alpha=alpha, steps=attack_steps, beta=beta, lam=attack_lam,
+            early_stop=False, time_dim=time_dim,
         )
         self.last_logits: Optional[torch.Tensor] = None
         self._warned_eval = [False]

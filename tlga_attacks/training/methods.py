@@ -72,7 +72,11 @@ class StepContext:
             It scales with ``eps`` during the warm-up.
         aux_weight: weight of the MoE load-balancing loss in the task loss.
         state: a dict that methods may fill, for example with attack objects or extra
-            optimizers. It persists for one run, and it is not saved in checkpoints.
+            optimizers. It persists for one run. The per-epoch checkpoint saves
+            ``value.state_dict()`` of each value that has a ``state_dict`` method.
+        restored: after a resume, those state dicts from the checkpoint, by key of
+            ``state``. A method that builds its object on the first batch loads its entry
+            with ``load_state_dict`` and removes it.
     """
 
     model: nn.Module
@@ -83,6 +87,7 @@ class StepContext:
     attack_alpha: float
     aux_weight: float
     state: Dict[str, Any] = field(default_factory=dict)
+    restored: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -118,7 +118,9 @@ class TrainConfig:
             fraction of the [0, 1] range. Default 8/255.
         attack_steps: PGD steps in adversarial training. Default 3.
         attack_alpha: PGD step size in adversarial training, as a fraction of the [0, 1]
-            range. Default None: ``2.5 * eps / attack_steps``.
+            range; for ``tlat`` and ``jtlat``, the step of a frame with the clip's mean
+            gradient norm under the temporal adaptive step. Default None:
+            ``2.5 * eps / attack_steps``.
         eps_warmup: epochs over which the training radius (and the PGD step size with it)
             grows linearly from 0 to ``eps``, updated per batch. Default 0: full ``eps``
             from the first batch.
@@ -613,6 +615,17 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+def _method_state(context: StepContext) -> Dict[str, Any]:
+    """State dicts of the objects in ``context.state`` that have one (e.g. J-TLAT's router and
+    expert optimizers), by key, plus those restored from a checkpoint that no batch has
+    claimed yet."""
+    saved = dict(context.restored)
+    for key, value in context.state.items():
+        if callable(getattr(value, "state_dict", None)):
+            saved[key] = value.state_dict()
+    return saved
+
+
 def _resume(
     path: Path,
     config: TrainConfig,
@@ -620,8 +633,9 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     group: ProcessGroup,
-) -> Tuple[int, List[Dict[str, Any]]]:
-    """Load the last finished epoch from ``path`` and return (epochs done, history)."""
+) -> Tuple[int, List[Dict[str, Any]], Dict[str, Any]]:
+    """Load the last finished epoch from ``path`` and return (epochs done, history, the
+    saved state dicts of the training method's objects)."""
     state = load_training_state(path)
 
     saved = state["config"]
@@ -656,7 +670,7 @@ def _resume(
         torch.manual_seed(config.seed + 1 + group.rank + 1000 * state["epoch"])
 
     logger.info("resuming %s after epoch %d of %d", config.out, state["epoch"], config.epochs)
-    return state["epoch"], list(state["history"])
+    return state["epoch"], list(state["history"]), dict(state.get("method_state", {}))
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
@@ -721,10 +735,10 @@ def _train(config: TrainConfig, group: ProcessGroup) -> Dict[str, Any]:
 
     # Attack noise differs between processes, so that no two processes draw the same start.
     torch.manual_seed(config.seed + 1 + group.rank)
-    start_epoch, history = 0, []
+    start_epoch, history, method_state = 0, [], {}
     checkpoint_path = out / TRAINING_STATE_FILE
     if checkpoint_path.is_file():
-        start_epoch, history = _resume(checkpoint_path, config, module, optimizer, scheduler, group)
+        start_epoch, history, method_state = _resume(checkpoint_path, config, module, optimizer, scheduler, group)
 
     context = StepContext(
         model=model,
@@ -734,6 +748,7 @@ def _train(config: TrainConfig, group: ProcessGroup) -> Dict[str, Any]:
         attack_steps=config.attack_steps,
         attack_alpha=config.alpha,
         aux_weight=config.aux_weight,
+        restored=method_state,
     )
     stop_after = int(os.environ.get(STOP_AFTER_BATCHES_ENV, "0"))
     batches_run = 0
@@ -753,6 +768,7 @@ def _train(config: TrainConfig, group: ProcessGroup) -> Dict[str, Any]:
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_states,
                 "history": history,
+                "method_state": _method_state(context),
             }
             save_training_state(checkpoint_path, state)
         if group.distributed:
