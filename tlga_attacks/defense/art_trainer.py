@@ -69,7 +69,8 @@ class JTLATTrainer(Trainer):
         gamma1 (float): weight of the weakest-expert guidance. (Default: 1.0)
         gamma2 (float): weight of the router objective in J-TLGA. (Default: 1.0)
         lam (float): weight of Lip(R) and Lip(E_i) in updates 1 and 2. (Default: 1e-3)
-        model_lam (float): weight of Lip(F) in update 3. (Default: 1e-4)
+        model_lam (float): weight of Lip(F) in update 3, e.g. 1e-4. (Default: 0.0, see
+            ``DEFAULT_MODEL_LAM``)
         attack_lam (float, optional): weight of the Lipschitz terms of the attacks.
             (Default: None, each attack's default)
         expert_top_k (int): experts per clip trained in update 2. (Default: 2)

@@ -78,8 +78,8 @@ __all__ = ["JTLAT", "DEFAULT_GROUP_LAM", "training_step"]
 
 logger = logging.getLogger(__name__)
 
-# Weight of Lip(R) and Lip(E_i) in the router and expert losses. On the same small trained
-# clip-level MoE as DEFAULT_MODEL_LAM, Lip(R) at 5-step TLA-R examples measured about 1.2e3
+# Weight of Lip(R) and Lip(E_i) in the router and expert losses. On a small trained clip-level
+# MoE (4 experts, 4x16x16 clips), Lip(R) at 5-step TLA-R examples measured about 1.2e3
 # and Lip(E_i) at TLGA-R examples 6 to 10. With 1e-3 the router penalty is then about 1.2,
 # twice the router cross-entropy there, and the expert penalty is small next to the expert CE.
 DEFAULT_GROUP_LAM = 1e-3
@@ -176,7 +176,8 @@ class JTLAT:
         gamma2 (float): weight of the router objective in J-TLGA. (Default: 1.0)
         lam (float): weight of Lip(R) in update 1 and of Lip(E_i) in update 2.
             (Default: 1e-3)
-        model_lam (float): weight of Lip(F) in update 3. (Default: 1e-4)
+        model_lam (float): weight of Lip(F) in update 3, e.g. 1e-4. (Default: 0.0, see
+            ``DEFAULT_MODEL_LAM``)
         attack_lam (float, optional): weight of the Lipschitz terms in the attack objectives.
             (Default: None, each attack's default: 1e-3 for TLA-R and TLGA-R, 0.0 for J-TLGA)
         expert_top_k (int): experts per clip trained in update 2, at most M. (Default: 2)
