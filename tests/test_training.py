@@ -267,8 +267,8 @@ def test_train_resume_after_mid_epoch_crash_matches_uninterrupted(tmp_path, monk
     assert_same_weights(final_weights(tmp_path / "crashed"), final_weights(tmp_path / "straight"))
 
 
-def test_jtlat_resume_after_mid_epoch_crash_matches_uninterrupted(tmp_path, monkeypatch):
-    # J-TLAT's router and expert optimizers live outside the trainer's optimizer; equal
+def test_jtlat_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    # J-TLAT's router and expert optimizers live outside the trainer's optimizer, so equal
     # weights show that the checkpoint carries their moments.
     settings = dict(TINY, epochs=2, method="jtlat", attack_steps=1, robust_eval=False)
     train(TrainConfig(out=tmp_path / "straight", **settings))

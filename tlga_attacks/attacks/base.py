@@ -90,9 +90,9 @@ class MoEAttack(VideoNormalizationMixin, Attack):
     sample never fooled returns the last iterate of the final restart. The loop stops early
     once every clip is fooled.
 
-    With ``early_stop=False`` every restart runs all its steps and a sample returns the last
+    With ``early_stop=False`` every restart runs all its steps, and a sample returns the last
     iterate of the last restart it took part in, as adversarial training on PGD examples
-    expects; later restarts still re-run only the samples that no iterate has fooled yet.
+    expects. Later restarts still re-run only the samples that no iterate has fooled yet.
 
     Cost: one forward pass without gradient for the clean reference, then per step one
     forward and one backward pass.

@@ -14,12 +14,11 @@ Per batch, three updates run in order, and each one changes only its own paramet
 
 Each group has its own optimizer, and only that optimizer steps in its update, so the
 parameters of the other groups stay bit-identical whatever the optimizer does with momentum or
-weight decay. Updates 1 and 2 also leave every buffer as they found it (batch-normalization
-running statistics included), so only update 3 moves the running statistics, and they follow
-the J-TLGA examples that the whole model trains on, as PGD training's statistics follow its
-PGD examples. Without this, the running statistics also mixed in the TLA-R batches and
-the TLGA-R rows of each expert, and the trained model lost PGD-10 robust accuracy
-(benchmarks/RESULTS.md, defense section).
+weight decay. Updates 1 and 2 also restore every buffer (batch-normalization running
+statistics included). Only update 3 thus moves the running statistics, which then describe
+the J-TLGA examples that the whole model trains on, as in PGD training. Without this, they
+also mixed in the TLA-R batches and the TLGA-R rows of each expert, and the trained model
+lost PGD-10 robust accuracy (benchmarks/RESULTS.md, defense section).
 
 Our choices, where the method leaves details open:
 

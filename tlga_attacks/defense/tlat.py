@@ -33,10 +33,10 @@ logger = logging.getLogger(__name__)
 
 # Weight of Lip(F) in the training loss. Lip(F) scales like 1/eps^2 (the denominator is near
 # eps^2, about 1e-3 at 8/255); at 5-step TLA-M examples it measured 3e3 to 9e3, so 1e-4 puts
-# the penalty on the scale of the cross-entropy. On the synthetic MoE with the recipe of
-# benchmarks/train_defense.py, J-TLAT with 1e-4 ended 5 to 8 points of PGD-10 robust
-# accuracy below J-TLAT with 0 in two paired runs (benchmarks/RESULTS.md), so the penalty is
-# off by default; pass lam / model_lam to use it.
+# the penalty on the scale of the cross-entropy. But in two paired runs of J-TLAT on the
+# synthetic MoE (recipe of benchmarks/train_defense.py, results in benchmarks/RESULTS.md),
+# 1e-4 ended 5 to 8 points of PGD-10 robust accuracy below 0. So the penalty is off by
+# default, and lam / model_lam turn it on.
 DEFAULT_MODEL_LAM = 0.0
 DEFAULT_ATTACK_STEPS = 5
 

@@ -616,9 +616,9 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
 
 
 def _method_state(context: StepContext) -> Dict[str, Any]:
-    """State dicts of the objects in ``context.state`` that have one (e.g. J-TLAT's router and
-    expert optimizers), by key, plus those restored from a checkpoint that no batch has
-    claimed yet."""
+    """Collect the state dicts of the objects in ``context.state`` that have one (e.g.
+    J-TLAT's router and expert optimizers) by key. Entries restored from a checkpoint that
+    no batch has loaded yet are kept."""
     saved = dict(context.restored)
     for key, value in context.state.items():
         if callable(getattr(value, "state_dict", None)):
