@@ -94,8 +94,10 @@ def main(argv=None) -> None:
     print(f"clean accuracy              {accuracy(classifier, x_test, y_test):.3f}")
     print(f"J-TLGA robust accuracy      {accuracy(classifier, x_adv, y_test):.3f}  (eps {args.eps:.4f})")
 
-    # Adversarial fine-tuning: every training clip is replaced by its J-TLGA example.
-    trainer = AdversarialTrainer(classifier, attack, ratio=1.0)
+    # Adversarial fine-tuning: every training clip is replaced by its J-TLGA example. Training
+    # examples are the iterates after the last step (early_stop=False), as in PGD training.
+    training_attack = JTLGA(classifier, eps=args.eps, steps=args.steps, early_stop=False, batch_size=32, verbose=False)
+    trainer = AdversarialTrainer(classifier, training_attack, ratio=1.0)
     trainer.fit(x_train, y_train, batch_size=32, nb_epochs=args.adv_epochs)
     model.eval()
 

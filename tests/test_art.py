@@ -144,6 +144,7 @@ def test_art_attack_without_labels_uses_predictions(attack_class):
         ("steps", 2.5),
         ("restarts", 0),
         ("random_start", "yes"),
+        ("early_stop", "no"),
         ("beta", 1.5),
         ("lam", -1.0),
         ("gamma1", -1.0),
@@ -241,6 +242,25 @@ def test_batches_give_same_result_as_one_batch():
     pairs = JTLGA(estimator, steps=2, random_start=False, batch_size=2, verbose=False).generate(x, y)
 
     assert np.allclose(whole, pairs, atol=1e-6)
+
+
+def test_art_attack_without_early_stop_runs_every_step():
+    x, y = clips()
+    model = moe()
+    with torch.no_grad():
+        predictions = model(torch.from_numpy(x)).argmax(dim=1).numpy()
+    # Labels that differ from every prediction: each clip counts as fooled from the start.
+    wrong = (predictions + 1) % 4
+    attack = JTLGA(classifier(model), eps=EPS, steps=3, random_start=False, early_stop=False, verbose=False)
+
+    art_adv = attack.generate(x, wrong)
+    torch_adv = TorchJTLGA(model, eps=EPS, steps=3, random_start=False, early_stop=False)(
+        torch.from_numpy(x), torch.from_numpy(wrong)
+    )
+
+    assert attack.passes == {"forward": 4, "backward": 3}
+    assert np.abs(art_adv - x).max() > 0
+    assert np.allclose(art_adv, torch_adv.numpy(), atol=1e-6)
 
 
 # -- the same function as ART's predict, and as torchattacks ------------------------------------

@@ -466,7 +466,9 @@ def _prefixed(paths):
     return [_prefixed(path) for path in paths]
 
 
-COMMON_PARAMS = ["eps", "alpha", "steps", "random_start", "restarts", "time_dim", "batch_size", "verbose"]
+COMMON_PARAMS = [
+    "eps", "alpha", "steps", "random_start", "restarts", "early_stop", "time_dim", "batch_size", "verbose"
+]
 ROUTER_PARAMS = ["routers", "experts", "top_k"]
 
 
@@ -490,6 +492,7 @@ class MoEEvasionAttack(EvasionAttack):
         steps: int = 10,
         random_start: bool = True,
         restarts: int = 1,
+        early_stop: bool = True,
         beta: float = 0.9,
         lam: float = 1e-3,
         gamma1: float = 1.0,
@@ -510,6 +513,7 @@ class MoEEvasionAttack(EvasionAttack):
         self.steps = steps
         self.random_start = random_start
         self.restarts = restarts
+        self.early_stop = early_stop
         self.beta = beta
         self.lam = lam
         self.gamma1 = gamma1
@@ -550,8 +554,10 @@ class MoEEvasionAttack(EvasionAttack):
             lam=self.lam,
             time_dim=layout.attack_time_dim,
         )
-        if not isinstance(self.random_start, bool):
-            raise ValueError(f"random_start={self.random_start!r} is invalid: pass True or False")
+        for name in ("random_start", "early_stop"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} is invalid: pass True or False")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r} is invalid: pass an int >= 1")
         if not isinstance(self.verbose, bool):
@@ -595,6 +601,7 @@ class MoEEvasionAttack(EvasionAttack):
             steps=self.steps,
             random_start=self.random_start,
             restarts=self.restarts,
+            early_stop=self.early_stop,
             beta=self.beta,
             lam=self.lam,
             gamma1=self.gamma1,
@@ -719,6 +726,9 @@ _ARGUMENTS = """
         steps: number of steps. (Default: {steps})
         random_start: start at a uniform random point of the eps-ball. (Default: {random_start})
         restarts: random restarts of the clips not yet fooled. (Default: {restarts})
+        early_stop: return per clip the first iterate that fools the model. False runs every
+            step and returns the last iterate, as adversarial training (e.g. ART's
+            ``AdversarialTrainer``) expects. (Default: {early_stop})
 {extra}        time_dim: None (from ``channels_first``), 2 for (N, C, T, H, W), 1 for
             (N, T, C, H, W) or (N, T, H, W, C). (Default: None)
         batch_size: videos per attack batch. (Default: 32)
@@ -747,7 +757,9 @@ def _format_eps(eps: float) -> str:
 def _art_doc(attack_class: type, extra: Sequence[str], example: str) -> str:
     defaults = {
         name: _torch_default(attack_class, name)
-        for name in ("eps", "alpha", "steps", "random_start", "restarts", "beta", "lam", "gamma1", "gamma2")
+        for name in (
+            "eps", "alpha", "steps", "random_start", "restarts", "early_stop", "beta", "lam", "gamma1", "gamma2"
+        )
     }
     defaults["eps"] = _format_eps(defaults["eps"])
     extra_text = "".join(_EXTRA_ARGUMENTS[name] for name in extra)
@@ -786,6 +798,7 @@ class PGDR(MoEEvasionAttack):
         steps: int = _torch_default(torch_attacks.PGDR, "steps"),
         random_start: bool = _torch_default(torch_attacks.PGDR, "random_start"),
         restarts: int = _torch_default(torch_attacks.PGDR, "restarts"),
+        early_stop: bool = _torch_default(torch_attacks.PGDR, "early_stop"),
         time_dim: Optional[int] = None,
         routers: Optional[Sequence[str]] = None,
         experts: Optional[Sequence[Union[str, Sequence[str]]]] = None,
@@ -795,7 +808,7 @@ class PGDR(MoEEvasionAttack):
     ):
         super().__init__(
             estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-            restarts=restarts, time_dim=time_dim, routers=routers, experts=experts,
+            restarts=restarts, early_stop=early_stop, time_dim=time_dim, routers=routers, experts=experts,
             top_k=top_k, batch_size=batch_size, verbose=verbose,
         )
 
@@ -815,6 +828,7 @@ class TLAR(MoEEvasionAttack):
         steps: int = _torch_default(torch_attacks.TLAR, "steps"),
         random_start: bool = _torch_default(torch_attacks.TLAR, "random_start"),
         restarts: int = _torch_default(torch_attacks.TLAR, "restarts"),
+        early_stop: bool = _torch_default(torch_attacks.TLAR, "early_stop"),
         beta: float = _torch_default(torch_attacks.TLAR, "beta"),
         lam: float = _torch_default(torch_attacks.TLAR, "lam"),
         time_dim: Optional[int] = None,
@@ -826,7 +840,7 @@ class TLAR(MoEEvasionAttack):
     ):
         super().__init__(
             estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-            restarts=restarts, beta=beta, lam=lam, time_dim=time_dim, routers=routers,
+            restarts=restarts, early_stop=early_stop, beta=beta, lam=lam, time_dim=time_dim, routers=routers,
             experts=experts, top_k=top_k, batch_size=batch_size, verbose=verbose,
         )
 
@@ -846,6 +860,7 @@ class TLGAR(MoEEvasionAttack):
         steps: int = _torch_default(torch_attacks.TLGAR, "steps"),
         random_start: bool = _torch_default(torch_attacks.TLGAR, "random_start"),
         restarts: int = _torch_default(torch_attacks.TLGAR, "restarts"),
+        early_stop: bool = _torch_default(torch_attacks.TLGAR, "early_stop"),
         beta: float = _torch_default(torch_attacks.TLGAR, "beta"),
         lam: float = _torch_default(torch_attacks.TLGAR, "lam"),
         gamma1: float = _torch_default(torch_attacks.TLGAR, "gamma1"),
@@ -858,7 +873,7 @@ class TLGAR(MoEEvasionAttack):
     ):
         super().__init__(
             estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-            restarts=restarts, beta=beta, lam=lam, gamma1=gamma1, time_dim=time_dim,
+            restarts=restarts, early_stop=early_stop, beta=beta, lam=lam, gamma1=gamma1, time_dim=time_dim,
             routers=routers, experts=experts, top_k=top_k, batch_size=batch_size,
             verbose=verbose,
         )
@@ -879,6 +894,7 @@ class TLAE(MoEEvasionAttack):
         steps: int = _torch_default(torch_attacks.TLAE, "steps"),
         random_start: bool = _torch_default(torch_attacks.TLAE, "random_start"),
         restarts: int = _torch_default(torch_attacks.TLAE, "restarts"),
+        early_stop: bool = _torch_default(torch_attacks.TLAE, "early_stop"),
         beta: float = _torch_default(torch_attacks.TLAE, "beta"),
         lam: float = _torch_default(torch_attacks.TLAE, "lam"),
         time_dim: Optional[int] = None,
@@ -890,7 +906,7 @@ class TLAE(MoEEvasionAttack):
     ):
         super().__init__(
             estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-            restarts=restarts, beta=beta, lam=lam, time_dim=time_dim, routers=routers,
+            restarts=restarts, early_stop=early_stop, beta=beta, lam=lam, time_dim=time_dim, routers=routers,
             experts=experts, top_k=top_k, batch_size=batch_size, verbose=verbose,
         )
 
@@ -910,6 +926,7 @@ class TLAM(MoEEvasionAttack):
         steps: int = _torch_default(torch_attacks.TLAM, "steps"),
         random_start: bool = _torch_default(torch_attacks.TLAM, "random_start"),
         restarts: int = _torch_default(torch_attacks.TLAM, "restarts"),
+        early_stop: bool = _torch_default(torch_attacks.TLAM, "early_stop"),
         beta: float = _torch_default(torch_attacks.TLAM, "beta"),
         lam: float = _torch_default(torch_attacks.TLAM, "lam"),
         targeted: bool = False,
@@ -919,7 +936,7 @@ class TLAM(MoEEvasionAttack):
     ):
         super().__init__(
             estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-            restarts=restarts, beta=beta, lam=lam, targeted=targeted, time_dim=time_dim,
+            restarts=restarts, early_stop=early_stop, beta=beta, lam=lam, targeted=targeted, time_dim=time_dim,
             batch_size=batch_size, verbose=verbose,
         )
 
@@ -939,6 +956,7 @@ class JTLA(MoEEvasionAttack):
         steps: int = _torch_default(torch_attacks.JTLA, "steps"),
         random_start: bool = _torch_default(torch_attacks.JTLA, "random_start"),
         restarts: int = _torch_default(torch_attacks.JTLA, "restarts"),
+        early_stop: bool = _torch_default(torch_attacks.JTLA, "early_stop"),
         beta: float = _torch_default(torch_attacks.JTLA, "beta"),
         lam: float = _torch_default(torch_attacks.JTLA, "lam"),
         gamma2: float = _torch_default(torch_attacks.JTLA, "gamma2"),
@@ -952,7 +970,7 @@ class JTLA(MoEEvasionAttack):
     ):
         super().__init__(
             estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-            restarts=restarts, beta=beta, lam=lam, gamma2=gamma2, targeted=targeted,
+            restarts=restarts, early_stop=early_stop, beta=beta, lam=lam, gamma2=gamma2, targeted=targeted,
             time_dim=time_dim, routers=routers, experts=experts, top_k=top_k,
             batch_size=batch_size, verbose=verbose,
         )
@@ -975,6 +993,7 @@ class JTLGA(MoEEvasionAttack):
         steps: int = _torch_default(torch_attacks.JTLGA, "steps"),
         random_start: bool = _torch_default(torch_attacks.JTLGA, "random_start"),
         restarts: int = _torch_default(torch_attacks.JTLGA, "restarts"),
+        early_stop: bool = _torch_default(torch_attacks.JTLGA, "early_stop"),
         beta: float = _torch_default(torch_attacks.JTLGA, "beta"),
         lam: float = _torch_default(torch_attacks.JTLGA, "lam"),
         gamma1: float = _torch_default(torch_attacks.JTLGA, "gamma1"),
@@ -989,7 +1008,7 @@ class JTLGA(MoEEvasionAttack):
     ):
         super().__init__(
             estimator, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-            restarts=restarts, beta=beta, lam=lam, gamma1=gamma1, gamma2=gamma2,
+            restarts=restarts, early_stop=early_stop, beta=beta, lam=lam, gamma1=gamma1, gamma2=gamma2,
             targeted=targeted, time_dim=time_dim, routers=routers, experts=experts,
             top_k=top_k, batch_size=batch_size, verbose=verbose,
         )
