@@ -124,6 +124,38 @@ def test_only_update_model_moves_running_statistics():
     assert any(name.startswith("experts.") and name.endswith("running_var") for name in moved)
 
 
+def test_jtlat_state_dict_round_trip():
+    model = tiny_moe()
+    trainer = JTLAT(model, lr=1e-2, attack_steps=1)
+    trainer.step(model, *make_batch())
+    state = trainer.state_dict()
+
+    restored = JTLAT(tiny_moe(seed=1), lr=1e-2, attack_steps=1)
+    restored.load_state_dict(state)
+
+    for saved, loaded in zip(trainer.group_optimizers, restored.group_optimizers):
+        for key, moments in saved.state_dict()["state"].items():
+            for name, value in moments.items():
+                assert torch.equal(loaded.state_dict()["state"][key][name], value), name
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (dict(num_experts=3), "experts"),
+        (dict(num_experts=4, router_width=8), "shape"),
+    ],
+)
+def test_jtlat_load_state_dict_rejects_other_model(other, message):
+    source_model = VideoMoE(**dict(dict(num_classes=NUM_CLASSES, top_k=1, router_width=4, expert_width=0.25), **other))
+    source = JTLAT(source_model.train(), lr=1e-2, attack_steps=1)
+    source.step(source_model, *make_batch())
+    trainer = JTLAT(tiny_moe(), lr=1e-2, attack_steps=1)
+
+    with pytest.raises(ValueError, match=message):
+        trainer.load_state_dict(source.state_dict())
+
+
 def test_update_experts_top1_trains_one_expert():
     model = tiny_moe()
     fix_routing(model, [0.0, -6.0, 6.0, -3.0])

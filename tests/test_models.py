@@ -1,5 +1,6 @@
 """Tests of the reference models: backbones, clip-level and token-level MoE, GFLOP counting."""
 
+import copy
 import json
 
 import pytest
@@ -601,3 +602,26 @@ def test_build_model_unknown_name_lists_names():
 
     assert "name='switch'" in str(error.value)
     assert all(name in str(error.value) for name in MODEL_NAMES)
+
+
+@pytest.mark.parametrize("kind", ["moe", "dense", "transformer"])
+def test_model_copies_after_training_forward(kind):
+    # aux_loss keeps the graph of the forward pass, which copy.deepcopy cannot copy.
+    torch.manual_seed(0)
+    if kind == "transformer":
+        model = make_transformer()
+    else:
+        model = (VideoMoE if kind == "moe" else DenseVideoMoE)(num_classes=4, num_experts=4, router_width=4, expert_width=0.25)
+    model.train()
+    logits = model(torch.rand((2,) + SMALL_CLIP))
+
+    copied = copy.deepcopy(model)
+
+    layers = [module for module in model.modules() if getattr(module, "aux_loss", None) is not None]
+    copied_layers = [module for module in copied.modules() if getattr(module, "aux_loss", None) is not None]
+    assert len(layers) == len(copied_layers) >= 1
+    for layer, copied_layer in zip(layers, copied_layers):
+        assert not copied_layer.aux_loss.requires_grad
+        assert torch.equal(copied_layer.aux_loss, layer.aux_loss.detach())
+    # The original keeps its graph for the training loss.
+    (logits.sum() + layers[0].aux_loss).backward()

@@ -40,12 +40,22 @@ def _size(text: str) -> Union[int, Tuple[int, int]]:
     return int(match.group(1)), int(match.group(2))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append ``(default: ...)`` to the help of options whose default is not None. Options
+    with a None default describe their computed default in their own help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``tlga-train``."""
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Train a video MoE (or its dense counterpart) and save weights with a model card.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
 
     model = parser.add_argument_group("model")
@@ -79,13 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     method = parser.add_argument_group("training")
     method.add_argument("--method", choices=sorted(METHODS), default="standard", help="training method")
     method.add_argument("--eps", type=float, default=8.0, help="L-infinity radius of adversarial training and evaluation, in 1/255 units")
-    method.add_argument("--attack-steps", type=int, default=3, help="PGD steps per batch in adversarial training")
+    method.add_argument("--attack-steps", type=int, default=3, help="attack steps per batch in adversarial training")
     method.add_argument(
         "--attack-alpha",
         type=float,
         default=None,
-        help="PGD step size in 1/255 units, for tlat and jtlat the step of a frame with mean gradient norm "
-        "(default 2.5 * eps / attack-steps)",
+        help="step size of the training attack in 1/255 units (default 2.5 * eps / attack-steps). For tlat and "
+        "jtlat it is the step of a frame whose gradient norm is the mean over the clip's frames: their attacks get "
+        "alpha = attack-alpha / eps * (1 + log 2), relative to eps",
     )
     method.add_argument(
         "--eps-warmup", type=int, default=0, help="epochs over which the training radius grows linearly from 0 to --eps"

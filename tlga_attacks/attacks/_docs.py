@@ -12,7 +12,8 @@ COMMON_ARGUMENTS = """
         eps (float): maximum L-infinity perturbation, in [0, 1] pixel units. (Default: 8/255)
         alpha (float): step size relative to eps; a step moves by at most ``alpha * eps``.
             (Default: 0.5)
-        steps (int): number of steps. (Default: 10)
+        steps (int): number of steps. With 0 the attack returns its random start, or the
+            input itself with ``random_start=False``. (Default: 10)
         random_start (bool): start at a uniform random point of the eps-ball. (Default: True)
         restarts (int): random restarts; later restarts re-run the clips not yet fooled.
             (Default: 1)

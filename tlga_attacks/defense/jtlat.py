@@ -129,6 +129,22 @@ def _keep_buffers(module: nn.Module):
                 buffer.copy_(value)
 
 
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, state: Dict[str, Any], owner: str) -> None:
+    """Raise ``ValueError`` when a per-parameter tensor of a saved optimizer state has another
+    shape than the parameter it belongs to (``load_state_dict`` of torch optimizers does not
+    check this, and the next step would fail far from the cause)."""
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    saved_ids = [index for group in state.get("param_groups", []) for index in group["params"]]
+    for index, parameter in zip(saved_ids, parameters):
+        for key, value in state.get("state", {}).get(index, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != parameter.shape:
+                raise ValueError(
+                    f"the state of {owner} does not fit this model: its {key!r} has shape "
+                    f"{tuple(value.shape)} where the parameter has {tuple(parameter.shape)}. Pass the "
+                    "result of state_dict() of a JTLAT on a model of the same architecture and size."
+                )
+
+
 def _first_tensor(args) -> Optional[torch.Tensor]:
     return next((value for value in args if isinstance(value, torch.Tensor)), None)
 
@@ -334,7 +350,7 @@ class JTLAT:
 
         # The attacks run every step and return the last iterate (early_stop=False). With
         # the first fooling iterate, clips that the model already got wrong at the random
-        # start were trained on that start: J-TLAT lost 3 to 5 points of PGD-10 robust
+        # start were trained on that start: J-TLAT lost about 4 points of PGD-10 robust
         # accuracy that way (benchmarks/RESULTS.md, defense section).
         self.router_attack = TLAR(self.module, **common)
         self.expert_attack = TLGAR(self.module, gamma1=self.gamma1, **common)
@@ -359,8 +375,8 @@ class JTLAT:
                 group["lr"] = lr
 
     def state_dict(self) -> Dict[str, Any]:
-        """The state of the router and expert optimizers, for checkpoints. The whole-model
-        optimizer and the model are not included: their owner saves them."""
+        """Return the state of the router and expert optimizers, for checkpoints. The
+        whole-model optimizer and the model are left out, because their owner saves them."""
         return {
             "router_optimizer": self.router_optimizer.state_dict(),
             "expert_optimizers": {
@@ -372,7 +388,8 @@ class JTLAT:
         """Load what ``state_dict`` returned, e.g. when a training run resumes.
 
         Raises:
-            ValueError: when ``state`` names other experts than this model has.
+            ValueError: when ``state`` names other experts than this model has, or when a
+                saved moment (e.g. Adam's ``exp_avg``) has another shape than its parameter.
         """
         experts = {group.name: group for group in self.expert_groups if group.optimizer}
         saved = state.get("expert_optimizers", {}) if isinstance(state, dict) else None
@@ -383,6 +400,10 @@ class JTLAT:
                 f"of the experts {sorted(experts)}, got {found}. Pass the result of state_dict() "
                 "of a JTLAT on the same model."
             )
+        _check_optimizer_shapes(self.router_optimizer, state["router_optimizer"], "the router optimizer")
+        for name, optimizer_state in saved.items():
+            _check_optimizer_shapes(experts[name].optimizer, optimizer_state, f"the optimizer of expert {name!r}")
+
         self.router_optimizer.load_state_dict(state["router_optimizer"])
         for name, optimizer_state in saved.items():
             experts[name].optimizer.load_state_dict(optimizer_state)
@@ -659,7 +680,7 @@ class JTLAT:
 
 def _relative_alpha(context) -> float:
     # Without the factor, the training attacks of the ATM recipe (PGD-3, step 2.5 * eps / 3)
-    # moved about 1/1.69 as far per step as PGD, and J-TLAT trained with them reached 5 to 6
+    # moved about 1/1.69 as far per step as PGD. Update 3 alone trained on them reached 5.6
     # points less PGD-10 robust accuracy (benchmarks/RESULTS.md, defense section).
     return context.attack_alpha / context.eps * MEAN_FRAME_DIVISOR
 

@@ -107,6 +107,21 @@ def load_balancing_loss(router_logits: torch.Tensor, selected: torch.Tensor) -> 
     return num_experts * (slot_shares * mean_probabilities).sum()
 
 
+class AuxLossCopyMixin:
+    """Make modules with an ``aux_loss`` attribute copyable after a forward pass.
+
+    ``aux_loss`` keeps the autograd graph of the last forward pass, so that trainers can add
+    it to the task loss, and ``copy.deepcopy`` raises for such a tensor. Copies and pickles
+    take a detached ``aux_loss`` instead, while the module itself keeps its graph.
+    """
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if isinstance(state.get("aux_loss"), torch.Tensor):
+            state["aux_loss"] = state["aux_loss"].detach()
+        return state
+
+
 class ClipRouter(nn.Module):
     """Small 3-D CNN that maps a clip to raw router logits, one per expert.
 
@@ -143,7 +158,7 @@ class ClipRouter(nn.Module):
         return logits
 
 
-class VideoMoE(nn.Module):
+class VideoMoE(AuxLossCopyMixin, nn.Module):
     """Video Mixture-of-Experts with clip-level top-k routing and sparse dispatch.
 
     A :class:`ClipRouter` produces M logits per clip. The ``top_k`` experts with the largest

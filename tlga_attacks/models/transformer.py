@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .backbones import check_int_range, check_num_classes, to_int_triple
-from .moe import dispatch_to_experts, load_balancing_loss
+from .moe import AuxLossCopyMixin, dispatch_to_experts, load_balancing_loss
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ExpertMLP(nn.Sequential):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
 
-class MoEMLP(nn.Module):
+class MoEMLP(AuxLossCopyMixin, nn.Module):
     """Token-routed Mixture-of-Experts MLP with top-k routing and sparse dispatch.
 
     ``router`` is an ``nn.Linear(D, M)`` applied to every token, so it returns router logits
