@@ -14,20 +14,8 @@ Every attack takes an ART ``PyTorchClassifier`` of videos and works on numpy arr
 ``eps`` is in the units of ``x``, as everywhere in ART.
 """
 
-from .evasion import (
-    JTLA,
-    JTLGA,
-    PGDR,
-    TLAE,
-    TLAM,
-    TLAR,
-    TLGAR,
-    AttackInputModel,
-    EstimatorPreprocessing,
-    MoEEvasionAttack,
-    VideoLayout,
-    video_layout,
-)
+from .evasion import JTLA, JTLGA, PGDR, TLAE, TLAM, TLAR, TLGAR, MoEEvasionAttack
+from .inputs import AttackInputModel, EstimatorPreprocessing, VideoLayout, video_layout
 from .video import (
     VideoAsImageModel,
     VideoAutoAttack,

@@ -27,7 +27,7 @@ from art.attacks.evasion import AutoAttack, SquareAttack
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
-from .evasion import (
+from .inputs import (
     NTHWC,
     EstimatorPreprocessing,
     VideoLayout,
@@ -115,7 +115,7 @@ def as_image_classifier(estimator: PyTorchClassifier, time_dim: Optional[int] = 
     ``estimator``, and applies the estimator's preprocessing inside its model.
 
     Args:
-        estimator: a video ``PyTorchClassifier``; layouts as in ``tlga_attacks.art.evasion``.
+        estimator: a video ``PyTorchClassifier``; layouts as in ``tlga_attacks.art.inputs``.
         time_dim: None (from ``channels_first``), 2 for (N, C, T, H, W), 1 for time-first
             layouts. (Default: None)
 

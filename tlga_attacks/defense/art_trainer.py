@@ -17,13 +17,13 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..art.evasion import (
-    MODEL_PATH_PREFIX,
+from ..art.inputs import (
     AttackInputModel,
     EstimatorPreprocessing,
     check_estimator,
     clip_bounds,
     index_labels,
+    prefixed_paths,
     video_layout,
 )
 from ..validation import RANGE_TOLERANCE
@@ -33,15 +33,6 @@ from .tlat import DEFAULT_ATTACK_STEPS, DEFAULT_MODEL_LAM, check_int
 __all__ = ["JTLATTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def _with_model_prefix(paths):
-    """Module paths of the user's model as paths inside ``AttackInputModel``."""
-    if paths is None:
-        return None
-    if isinstance(paths, str):
-        return MODEL_PATH_PREFIX + paths
-    return [_with_model_prefix(path) for path in paths]
 
 
 class JTLATTrainer(Trainer):
@@ -155,8 +146,8 @@ class JTLATTrainer(Trainer):
             expert_top_k=expert_top_k,
             aux_weight=aux_weight,
             time_dim=self.layout.attack_time_dim,
-            routers=_with_model_prefix(routers),
-            experts=_with_model_prefix(experts),
+            routers=prefixed_paths(routers),
+            experts=prefixed_paths(experts),
             top_k=top_k,
         )
         self.history: List[Dict[str, float]] = []
