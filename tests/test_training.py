@@ -4,9 +4,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -283,6 +285,33 @@ def test_jtlat_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     train(TrainConfig(out=tmp_path / "crashed", **settings))
 
     assert_same_weights(final_weights(tmp_path / "crashed"), final_weights(tmp_path / "straight"))
+
+
+def test_train_cli_interrupt_says_how_to_resume(tmp_path):
+    out = tmp_path / "interrupted"
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    environment.pop(STOP_AFTER_BATCHES_ENV, None)
+    command = [
+        sys.executable, "-m", "tlga_attacks.train", "--data", "synthetic", "--clips", "16", "--test-clips", "8",
+        "--num-frames", "4", "--size", "16", "--batch-size", "8", "--epochs", "10000", "--out", str(out),
+        "--no-progress",
+    ]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / TRAINING_STATE_FILE).is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / TRAINING_STATE_FILE).is_file(), "no epoch finished within 120 s"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert process.returncode == 130, stderr[-2000:]
+    assert "run the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    assert torch.load(out / TRAINING_STATE_FILE, weights_only=True)["epoch"] >= 1
 
 
 def test_train_resume_rejects_changed_settings(tmp_path):

@@ -17,12 +17,14 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from tlga_attacks.models import BACKBONE_NAMES
 from tlga_attacks.training import METHODS, TrainConfig, train
+from tlga_attacks.training.checkpoint import TRAINING_STATE_FILE
 from tlga_attacks.training.trainer import LR_SCHEDULES, MODEL_CHOICES, OPTIMIZERS
 
 logger = logging.getLogger(__name__)
@@ -180,7 +182,8 @@ def config_from_args(args: argparse.Namespace, command: str) -> TrainConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``tlga-train`` and return 0, or exit with status 2 on invalid arguments or settings."""
+    """Run ``tlga-train`` and return 0, 130 when interrupted (Ctrl-C), or exit with status 2 on
+    invalid arguments or settings."""
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -204,6 +207,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         card = train(config)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"{PROGRAM}: error: {error}\n")
+    except KeyboardInterrupt:
+        if (Path(config.out) / TRAINING_STATE_FILE).is_file():
+            logger.warning(
+                "interrupted: %s keeps the checkpoint of the last finished epoch; run the same command to resume",
+                config.out,
+            )
+        else:
+            logger.warning("interrupted before the first epoch finished: no checkpoint was written to %s", config.out)
+        return 130
     logger.info(
         "finished %s: clean accuracy %.4f, robust accuracy %s, %.0f s of training",
         config.out,
