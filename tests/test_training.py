@@ -296,7 +296,12 @@ def test_train_cli_interrupt_says_how_to_resume(tmp_path):
         "--num-frames", "4", "--size", "16", "--batch-size", "8", "--epochs", "10000", "--out", str(out),
         "--no-progress",
     ]
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that runs the suite in the background starts it with SIGINT ignored, and the
+    # child would inherit that, so the child gets the default disposition back.
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / TRAINING_STATE_FILE).is_file() and process.poll() is None and time.monotonic() < deadline:
