@@ -47,12 +47,15 @@ def check_attack_params(
     gamma2=None,
     lam=None,
     time_dim=2,
+    random_start=None,
+    early_stop=None,
 ) -> None:
     """Check the hyperparameters of an attack; ``None`` skips a parameter.
 
     Allowed: ``0 <= eps <= 1``; ``0 < alpha <= 10`` (relative to eps); ``steps >= 0`` and
     ``restarts >= 1`` as ints; ``0 <= beta <= 1``; ``gamma1, gamma2, lam >= 0`` and finite;
-    ``time_dim`` 1 for (N, T, C, H, W) or 2 for (N, C, T, H, W).
+    ``time_dim`` 1 for (N, T, C, H, W) or 2 for (N, C, T, H, W); ``random_start`` and
+    ``early_stop`` bools.
     """
     _check_real("eps", eps, 0.0, 1.0)
     _check_real("alpha", alpha, 0.0, 10.0, low_open=True)
@@ -63,6 +66,9 @@ def check_attack_params(
     for name, value in (("gamma1", gamma1), ("gamma2", gamma2), ("lam", lam)):
         if value is not None:
             _check_real(name, value, 0.0)
+    for name, value in (("random_start", random_start), ("early_stop", early_stop)):
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is invalid: pass True or False")
     if isinstance(time_dim, bool) or time_dim not in (1, 2):
         raise ValueError(
             f"time_dim must be 2 for (N, C, T, H, W) input or 1 for (N, T, C, H, W) input, "

@@ -160,11 +160,9 @@ class MoEEvasionAttack(EvasionAttack):
             gamma2=self.gamma2,
             lam=self.lam,
             time_dim=layout.attack_time_dim,
+            random_start=self.random_start,
+            early_stop=self.early_stop,
         )
-        for name in ("random_start", "early_stop"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} is invalid: pass True or False")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r} is invalid: pass an int >= 1")
         if not isinstance(self.verbose, bool):

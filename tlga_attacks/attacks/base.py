@@ -163,11 +163,9 @@ class MoEAttack(VideoNormalizationMixin, Attack):
             gamma2=self.gamma2,
             lam=self.lam,
             time_dim=self.time_dim,
+            random_start=self.random_start,
+            early_stop=self.early_stop,
         )
-        for name in ("random_start", "early_stop"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} is invalid: pass True or False")
         if self.alpha < SMALL_ALPHA:
             logger.warning(
                 "%s: alpha=%g is relative to eps (a step of alpha * eps = %g); an absolute "
