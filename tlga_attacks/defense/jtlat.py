@@ -350,7 +350,7 @@ class JTLAT:
 
         # The attacks run every step and return the last iterate (early_stop=False). With
         # the first fooling iterate, clips that the model already got wrong at the random
-        # start were trained on that start: J-TLAT lost about 4 points of PGD-10 robust
+        # start were trained on that start, and J-TLAT lost about 4 points of PGD-10 robust
         # accuracy that way (benchmarks/RESULTS.md, defense section).
         self.router_attack = TLAR(self.module, **common)
         self.expert_attack = TLGAR(self.module, gamma1=self.gamma1, **common)
@@ -698,11 +698,11 @@ def training_step(method: str, output_type: Callable[..., Any]) -> Callable:
       copy its class and hyperparameters, and before each batch they take its current learning
       rate, so that a learning-rate schedule on it applies to every group;
     * ``eps`` and ``attack_alpha``, read again before each batch so that a trainer may change
-      them, e.g. for an eps warm-up. ``attack_alpha`` is an absolute step, the step that a
-      frame with the clip's mean gradient norm takes: the attacks take alpha relative to eps
-      and shrink it by ``1 + log(1 + sqrt(Vs))`` per frame (``MEAN_FRAME_DIVISOR`` at the
-      mean), so the relative alpha is ``attack_alpha / eps * MEAN_FRAME_DIVISOR``. A PGD
-      step of ``attack_alpha`` thus matches the typical temporal step of TLAT and J-TLAT.
+      them, e.g. for an eps warm-up. ``attack_alpha`` is the absolute step of a frame whose
+      gradient norm is the clip's mean. The attacks take alpha relative to eps and divide
+      each frame's step by ``1 + log(1 + sqrt(Vs))``, which is ``MEAN_FRAME_DIVISOR`` at the
+      mean, so they get ``alpha = attack_alpha / eps * MEAN_FRAME_DIVISOR``. A PGD step of
+      ``attack_alpha`` thus matches the typical temporal step of TLAT and J-TLAT.
       ``attack_steps`` and ``aux_weight`` are read once;
     * ``restored`` (optional): after a resume, the checkpoint's state dicts by key of
       ``state``. J-TLAT loads its router and expert optimizers from the entry ``"jtlat"``.
